@@ -1,0 +1,313 @@
+"""From a profile to the child's environment. Every rule about one variable is in the tables below.
+
+Order: the parent's environment (or, with --clean-env, a few basics from it), minus the profile's
+`unset` list and the proxy variables the profile does not name; then the profile's variables (they
+win); then `--set KEY=VALUE` and `--unset KEY` from the command line, in that order.
+"""
+
+from __future__ import annotations
+
+from kai_launch.errors import ConfigError
+from kai_launch.expand import expand_path, expand_vars
+from kai_launch.noproxy import normalise_no_proxy
+from kai_launch.profiles import PROFILE_ENV
+from kai_launch.proxyurl import parse_proxy_url, redact_url
+from kai_launch.schema import valid_var_name
+from kai_launch.secrets import SecretRef, resolve_secret
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+
+    from kai_launch.profiles import Profile
+
+# Profile setting -> the variables it sets. Both spellings always get the same value (or are both
+# removed), so no client can read a stale upper- or lower-case variable left in the parent.
+PROXY_VARIABLES: tuple[tuple[str, tuple[str, str]], ...] = (
+    ("http_proxy", ("HTTP_PROXY", "http_proxy")),
+    ("https_proxy", ("HTTPS_PROXY", "https_proxy")),
+    ("all_proxy", ("ALL_PROXY", "all_proxy")),
+)
+NO_PROXY_VARIABLES = ("NO_PROXY", "no_proxy")
+# Each of these replaces its client's whole trust store: they get the merged bundle.
+CA_BUNDLE_VARIABLES = (
+    "SSL_CERT_FILE",  # Python's ssl, httpx, OpenSSL-based tools, Go on Linux
+    "REQUESTS_CA_BUNDLE",  # requests
+    "CURL_CA_BUNDLE",  # curl (and requests, as a fallback)
+    "AWS_CA_BUNDLE",  # boto3 / botocore, the AWS CLI
+    "GIT_SSL_CAINFO",  # git over https
+    "PIP_CERT",  # pip
+)
+# Node adds these to its built-in roots: the profile's own CAs only.
+OWN_CA_VARIABLES = ("NODE_EXTRA_CA_CERTS",)
+INSECURE_VARIABLES = (
+    ("PYTHONHTTPSVERIFY", "0"),  # only the stdlib's urllib/http.client, and only on some builds
+    ("NODE_TLS_REJECT_UNAUTHORIZED", "0"),
+    ("GIT_SSL_NO_VERIFY", "1"),
+)
+OPENAI_PROXY = "OPENAI_PROXY"  # langchain's ChatOpenAI: bypasses NO_PROXY, trusts certifi only
+CLEAN_ENV_KEEP = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "TERM", "TZ", "TMPDIR")
+CLEAN_ENV_PREFIXES = ("LC_",)
+
+_SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "KEY")
+
+
+def looks_secret(name: str) -> bool:
+    upper = name.upper()
+    return any(word in upper for word in _SECRET_WORDS)
+
+
+class Assignment:
+    """One variable the child gets: its value, where it came from, and whether to hide it."""
+
+    __slots__ = ("name", "origin", "secret", "value")
+
+    def __init__(self, name: str, value: str, origin: str, *, secret: bool = False) -> None:
+        self.name = name
+        self.value = value
+        self.origin = origin
+        self.secret = secret or looks_secret(name)
+
+    def shown(self, *, reveal: bool = False) -> str:
+        """The value as humans may see it: secrets as ***, proxy passwords as user:***@."""
+        if reveal:
+            return self.value
+        if self.secret:
+            return "***"
+        if "://" in self.value and "@" in self.value:
+            return redact_url(self.value)
+        return self.value
+
+
+class EnvPlan:
+    """What the child's environment will be, relative to the parent's."""
+
+    __slots__ = ("assign", "clean_env", "profile", "removals", "warnings")
+
+    def __init__(self, profile: str) -> None:
+        self.profile = profile
+        self.assign: dict[str, Assignment] = {}
+        self.removals: dict[str, str] = {}  # name -> why
+        self.warnings: list[str] = []
+        self.clean_env = False
+
+    def set(self, name: str, value: str, origin: str, *, secret: bool = False) -> None:
+        self.removals.pop(name, None)
+        self.assign[name] = Assignment(name, value, origin, secret=secret)
+
+    def remove(self, name: str, why: str) -> None:
+        self.assign.pop(name, None)
+        self.removals[name] = why
+
+    def child_environ(self, parent: Mapping[str, str]) -> dict[str, str]:
+        if self.clean_env:
+            env = {
+                k: v
+                for k, v in parent.items()
+                if k in CLEAN_ENV_KEEP or k.startswith(CLEAN_ENV_PREFIXES)
+            }
+        else:
+            env = dict(parent)
+        for name in self.removals:
+            env.pop(name, None)
+        env.update((a.name, a.value) for a in self.assign.values())
+        return env
+
+    def exported(self) -> tuple[list[tuple[str, str]], list[str]]:
+        """(assignments, removals) for `kai-run env`."""
+        return [(a.name, a.value) for a in self.assign.values()], list(self.removals)
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    """`--set KEY=VALUE`."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise ConfigError(
+            f"--set needs KEY=VALUE, got '{text}'", "command line", f"write --set {text}=VALUE"
+        )
+    check_name(name, "--set")
+    return name, value
+
+
+def check_name(name: str, where: str) -> None:
+    if not valid_var_name(name):
+        raise ConfigError(
+            f"invalid variable name '{name}'",
+            where,
+            "names are letters, digits and _, and do not start with a digit",
+        )
+
+
+def build_plan(
+    profile: Profile,
+    environ: Mapping[str, str],
+    *,
+    overrides: Iterable[tuple[str, str]] = (),
+    removals: Iterable[str] = (),
+    resolve_secrets: bool = True,
+    clean_env: bool = False,
+    bundles: bool = True,
+) -> EnvPlan:
+    """Translate `profile` into an EnvPlan. `environ` is the parent's, for ${VAR} and secrets.
+
+    resolve_secrets=False (for `show` without --reveal) leaves secret values as `***` and runs
+    no secret command. bundles=False skips writing CA bundles (the plan then names no CA file).
+    """
+    plan = EnvPlan(profile.name)
+    plan.clean_env = clean_env
+
+    def secret(value: str | SecretRef, key: str) -> str:
+        if isinstance(value, str):
+            return expand_vars(
+                value, environ, f"{profile.origins.get(key, profile.path)}, key '{key}'"
+            )
+        return resolve_secret(value, environ) if resolve_secrets else "***"
+
+    for name in profile.unset:
+        plan.remove(name, f"unset in {profile.origins.get('unset', profile.path)}")
+
+    _proxies(profile, environ, plan, secret)
+    _trust(profile, environ, plan, bundles=bundles)
+
+    for name, value in profile.env.items():
+        origin = profile.origins.get(f"env.{name}", profile.path)
+        if isinstance(value, SecretRef):
+            plan.set(
+                name,
+                secret(value, f"env.{name}"),
+                f"secret {value.describe()}, {origin}",
+                secret=True,
+            )
+        else:
+            plan.set(name, expand_vars(value, environ, f"{origin}, key 'env.{name}'"), origin)
+
+    nested = environ.get(PROFILE_ENV)
+    plan.set(PROFILE_ENV, profile.name, "kai-run")
+    for name, value in overrides:
+        check_name(name, "--set")
+        plan.set(name, value, "--set")
+    for name in removals:
+        check_name(name, "--unset")
+        plan.remove(name, "--unset")
+    if nested and nested != profile.name:
+        plan.warnings.append(
+            f"note: {PROFILE_ENV}={nested} in the parent environment; this command runs under "
+            f"profile '{profile.name}' instead"
+        )
+    return plan
+
+
+def _proxies(
+    profile: Profile,
+    environ: Mapping[str, str],
+    plan: EnvPlan,
+    secret: Callable[[str | SecretRef, str], str],
+) -> None:
+    auth_user = profile.proxy_auth.get("username")
+    auth_pass = profile.proxy_auth.get("password")
+    user = pw = None
+    if auth_user is not None:
+        user = secret(auth_user, "proxy_auth.username")
+    if auth_pass is not None:
+        pw = secret(auth_pass, "proxy_auth.password")
+    if pw is not None and user is None:
+        raise ConfigError(
+            "proxy_auth has a password but no username",
+            f"{profile.origins.get('proxy_auth.password', profile.path)}, key 'proxy_auth'",
+            "add proxy_auth.username",
+        )
+    resolved: dict[str, str] = {}
+    for field, names in PROXY_VARIABLES:
+        raw = getattr(profile, field)
+        origin = profile.origins.get(field, profile.path)
+        if raw is None:
+            for name in names:
+                plan.remove(name, f"no {field} in profile '{profile.name}'")
+            continue
+        url = _proxy(raw, environ, f"{origin}, key '{field}'", plan, user, pw)
+        resolved[field] = url
+        # A password inside the URL is displayed redacted (user:***@) by Assignment.shown().
+        via = f"{origin} + proxy_auth" if user is not None else origin
+        for name in names:
+            plan.set(name, url, via)
+
+    value, cidrs = normalise_no_proxy(
+        [
+            expand_vars(
+                e, environ, f"{profile.origins.get('no_proxy', profile.path)}, key 'no_proxy'"
+            )
+            for e in profile.no_proxy
+        ]
+    )
+    for name in NO_PROXY_VARIABLES:
+        plan.set(name, value, profile.origins.get("no_proxy", "kai-run defaults"))
+    for cidr in cidrs:
+        plan.warnings.append(
+            f"NO_PROXY entry {cidr} is a CIDR range: curl, Go, requests and httpx2 honour it, but "
+            "httpx (langchain, openai SDK 1.x/2.x) ignores it and uses the proxy"
+        )
+
+    openai = profile.openai_proxy
+    if openai is False:
+        plan.remove(OPENAI_PROXY, "openai_proxy is not set in the profile")
+    else:
+        origin = profile.origins.get("openai_proxy", profile.path)
+        if openai is True:
+            found = resolved.get("https_proxy") or resolved.get("all_proxy")
+            if found is None:
+                raise ConfigError(
+                    "openai_proxy = true but the profile has no https_proxy",
+                    f"{origin}, key 'openai_proxy'",
+                    "set https_proxy, or give openai_proxy a URL",
+                )
+            url = found
+        else:
+            assert isinstance(openai, str)
+            url = _proxy(openai, environ, f"{origin}, key 'openai_proxy'", plan, user, pw)
+        plan.set(OPENAI_PROXY, url, origin)
+
+
+def _proxy(
+    raw: str,
+    environ: Mapping[str, str],
+    where: str,
+    plan: EnvPlan,
+    user: str | None,
+    pw: str | None,
+) -> str:
+    parsed, warnings = parse_proxy_url(expand_vars(raw, environ, where), where)
+    plan.warnings.extend(warnings)
+    if user is not None:
+        parsed = parsed.with_credentials(user, pw)
+    return parsed.unparse()
+
+
+def _trust(profile: Profile, environ: Mapping[str, str], plan: EnvPlan, *, bundles: bool) -> None:
+    if profile.insecure:
+        origin = profile.origins.get("insecure", profile.path)
+        for name, value in INSECURE_VARIABLES:
+            plan.set(name, value, f"insecure = true, {origin}")
+        plan.warnings.append(
+            f"profile '{profile.name}' has insecure = true: TLS verification is off for Node, git and "
+            "some stdlib builds, but requests and httpx ignore these variables and still verify; "
+            "add the proxy's CA to ca_bundle instead"
+        )
+    if not profile.ca_bundle:
+        return
+    files = [
+        (
+            expand_path(e.raw, e.base_dir, environ, f"{e.origin}, key 'ca_bundle'"),
+            f"{e.origin}, key 'ca_bundle'",
+        )
+        for e in profile.ca_bundle
+    ]
+    if not bundles:
+        return
+    from kai_launch.trust import build_bundles
+
+    made = build_bundles(files, profile.ca_mode)
+    origin = f"ca_bundle ({profile.ca_mode}) of {profile.origins.get('ca_bundle', profile.path)}"
+    for name in CA_BUNDLE_VARIABLES:
+        plan.set(name, made.merged, origin)
+    for name in OWN_CA_VARIABLES:
+        plan.set(name, made.own, origin)

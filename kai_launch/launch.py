@@ -1,0 +1,56 @@
+"""Starting the command: exec on POSIX (same PID, so signals and exit status are the child's own),
+a waited-for subprocess on Windows. Supervision with a sidecar lives in supervise.py."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from kai_launch.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, LaunchError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+
+def command_error(argv0: str, error: OSError) -> LaunchError:
+    """The shell's answer to a command that cannot run: 127 not found, 126 not executable."""
+    if isinstance(error, FileNotFoundError):
+        where = "not a file" if os.sep in argv0 else "searched the child's PATH"
+        hint = "check the path" if os.sep in argv0 else "install it, or give its full path"
+        return LaunchError(f"command not found: {argv0}", where, hint, exit_code=EXIT_NOT_FOUND)
+    reason = "permission denied" if isinstance(error, PermissionError) else error.strerror
+    return LaunchError(
+        f"cannot run {argv0}: {reason}",
+        "command",
+        f"make it executable (chmod +x {argv0}) or run it through its interpreter",
+        exit_code=EXIT_NOT_EXECUTABLE,
+    )
+
+
+def exec_command(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """Replace kai-run with the command (POSIX) or run it and return its exit status (Windows)."""
+    if os.name != "posix":
+        return _run_windows(argv, env)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(argv[0], list(argv), dict(env))
+    except OSError as e:
+        raise command_error(argv[0], e) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _run_windows(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    import subprocess
+
+    try:
+        proc = subprocess.Popen(list(argv), env=dict(env))
+    except OSError as e:
+        raise command_error(argv[0], e) from None
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            # The console delivered Ctrl+C to the child as well; wait for it to decide.
+            continue

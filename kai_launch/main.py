@@ -1,0 +1,147 @@
+"""Entry point. The exec path (`kai-run [-p NAME] [...] -- cmd`) is handled here, before typer,
+rich, requests, tomlkit or cryptography are imported: it is the hot path (bench/startup.py).
+Anything else (a subcommand, --help, --version) goes to the typer app in cli.py.
+
+This module and cli.py are the CLI layer: the only places that write to the terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from kai_launch.errors import KaiRunError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+# Options accepted before `--` (and before a subcommand). Anything else hands over to typer.
+_VALUE_OPTIONS = {
+    "-p": "profile",
+    "--profile": "profile",
+    "-c": "config",
+    "--config": "config",
+    "--set": "set",
+    "--unset": "unset",
+}
+_FLAGS = {"--clean-env": "clean_env", "--debug": "debug", "--verbose": "verbose", "-v": "verbose"}
+
+
+class RunOptions:
+    """What the command line asked for on the exec path."""
+
+    __slots__ = ("clean_env", "command", "config", "debug", "profile", "set", "unset", "verbose")
+
+    def __init__(self) -> None:
+        self.profile: str | None = None
+        self.config: str | None = None
+        self.set: list[str] = []
+        self.unset: list[str] = []
+        self.clean_env = False
+        self.debug = False
+        self.verbose = False
+        self.command: list[str] = []
+
+
+def parse_run_argv(argv: Sequence[str]) -> RunOptions | None:
+    """Parse `[OPTIONS] [-- COMMAND...]`; None when the line is for typer (a subcommand, --help...)."""
+    if not argv:
+        return None
+    opts = RunOptions()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            opts.command = list(argv[i + 1 :])
+            return opts
+        name, value = arg, None
+        if arg.startswith("--") and "=" in arg:
+            name, value = arg.split("=", 1)
+        elif arg[:2] in ("-p", "-c") and len(arg) > 2:
+            name, value = arg[:2], arg[2:]
+        if name in _VALUE_OPTIONS:
+            if value is None:
+                if i + 1 >= len(argv):
+                    return None  # let typer say "option requires an argument"
+                value = argv[i + 1]
+                i += 1
+            key = _VALUE_OPTIONS[name]
+            if key in ("set", "unset"):
+                getattr(opts, key).append(value)
+            else:
+                setattr(opts, key, value)
+        elif arg in _FLAGS:
+            setattr(opts, _FLAGS[arg], True)
+        else:
+            return None
+        i += 1
+    return opts
+
+
+def report(error: KaiRunError, *, debug: bool = False) -> int:
+    """The one place kai-run's own errors are shown: one line, then a hint."""
+    if debug:
+        import traceback
+
+        traceback.print_exception(error, file=sys.stderr)
+    lines = [f"kai-run: error: {error.message()}"]
+    if error.hint:
+        lines.append(f"  hint: {error.hint}")
+    sys.stderr.write("\n".join(lines) + "\n")
+    return error.exit_code
+
+
+def warn(messages: Sequence[str]) -> None:
+    for message in messages:
+        prefix = "" if message.startswith("note:") else "warning: "
+        sys.stderr.write(f"kai-run: {prefix}{message}\n")
+
+
+def run(opts: RunOptions) -> int:
+    """Load the profile, build the environment, and run the command under it."""
+    from kai_launch.config import load_config
+    from kai_launch.environ import build_plan, parse_assignment
+    from kai_launch.profiles import resolve_profile, select_profile_name
+
+    environ = os.environ
+    overrides = [parse_assignment(s) for s in opts.set]
+    config = load_config(opts.config, environ)
+    name, why = select_profile_name(config, opts.profile, environ)
+    profile = resolve_profile(config, name)
+    command = opts.command or profile.command
+    if not command:
+        raise KaiRunError(
+            "no command to run",
+            f"profile '{name}' ({profile.path})",
+            'put it after --, or add command = ["kai-rpc-server"] to the profile',
+        )
+    plan = build_plan(
+        profile, environ, overrides=overrides, removals=opts.unset, clean_env=opts.clean_env
+    )
+    warn(plan.warnings)
+    if opts.verbose:
+        sys.stderr.write(f"kai-run: profile '{name}' ({why}); running: {' '.join(command)}\n")
+    env = plan.child_environ(environ)
+    if profile.sidecar is not None:
+        from kai_launch.supervise import run_with_sidecar
+
+        return run_with_sidecar(profile, command, env, environ, verbose=opts.verbose)
+    from kai_launch.launch import exec_command
+
+    return exec_command(command, env)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    opts = parse_run_argv(args)
+    if opts is None:
+        from kai_launch.cli import run_cli
+
+        return run_cli(args)
+    try:
+        return run(opts)
+    except KaiRunError as e:
+        return report(e, debug=opts.debug)
+    except KeyboardInterrupt:
+        return 130

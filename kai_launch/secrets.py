@@ -1,0 +1,139 @@
+"""Secret references: `{ env = "NAME" }`, `{ file = "PATH" }`, `{ command = [argv...] }`.
+
+They are resolved only when a profile is used, never cached, and never shown to humans
+unless `--reveal` is given.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kai_launch.errors import SecretError
+from kai_launch.expand import expand_path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+COMMAND_TIMEOUT = 10.0
+
+
+class SecretRef:
+    """A reference to a secret, with what is needed to resolve it and to say where it came from."""
+
+    __slots__ = ("arg", "base_dir", "kind", "where")
+
+    def __init__(self, kind: str, arg: str | list[str], base_dir: str, where: str) -> None:
+        self.kind = kind  # "env", "file" or "command"
+        self.arg = arg
+        self.base_dir = base_dir
+        self.where = where  # "profile 'corp', key 'env.X' (/path/profiles.toml)"
+
+    @classmethod
+    def from_toml(cls, value: dict[str, object], base_dir: str, where: str) -> SecretRef:
+        kind, arg = next(iter(value.items()))
+        assert isinstance(arg, (str, list))
+        return cls(kind, [str(a) for a in arg] if isinstance(arg, list) else arg, base_dir, where)
+
+    def describe(self) -> str:
+        """How show/doctor name the reference without revealing the value."""
+        if self.kind == "command":
+            return "command: " + " ".join(self.arg)
+        return f"{self.kind}: {self.arg}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretRef) and (self.kind, self.arg, self.base_dir) == (
+            other.kind,
+            other.arg,
+            other.base_dir,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.kind, str(self.arg), self.base_dir))
+
+    def __repr__(self) -> str:
+        return f"SecretRef({self.kind}={self.arg!r})"
+
+
+def resolve_secret(ref: SecretRef, environ: Mapping[str, str]) -> str:
+    if ref.kind == "env":
+        assert isinstance(ref.arg, str)
+        value = environ.get(ref.arg)
+        if value is None:
+            raise SecretError(
+                f"secret variable {ref.arg} is not set",
+                ref.where,
+                f"export {ref.arg} before running kai-run",
+            )
+        return value
+    if ref.kind == "file":
+        assert isinstance(ref.arg, str)
+        path = expand_path(ref.arg, ref.base_dir, environ, ref.where)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise SecretError(
+                f"secret file {path} does not exist", ref.where, "create it or fix the path"
+            ) from None
+        except (OSError, UnicodeDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+            raise SecretError(f"cannot read secret file {path}: {reason}", ref.where) from None
+        # Editors and `echo x > file` add a newline that is never part of the secret.
+        return text.rstrip("\r\n")
+    return _run_command(ref, environ)
+
+
+def _run_command(ref: SecretRef, environ: Mapping[str, str]) -> str:
+    import subprocess
+
+    assert isinstance(ref.arg, list)
+    argv = ref.arg
+    shown = " ".join(argv)
+    try:
+        done = subprocess.run(
+            argv,
+            env=dict(environ),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise SecretError(
+            f"secret command not found: {argv[0]}", ref.where, "install it or fix the command"
+        ) from None
+    except PermissionError:
+        raise SecretError(f"secret command is not executable: {argv[0]}", ref.where) from None
+    except subprocess.TimeoutExpired:
+        raise SecretError(
+            f"secret command `{shown}` did not finish within {COMMAND_TIMEOUT:g} s",
+            ref.where,
+            "run it by hand to see why it hangs (a login prompt?)",
+        ) from None
+    if done.returncode != 0:
+        # The command's stderr may help, but never its stdout: that would be the secret.
+        err = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        tail = f": {err[-1]}" if err else ""
+        raise SecretError(
+            f"secret command `{shown}` failed with exit status {done.returncode}{tail}",
+            ref.where,
+            "run the command by hand to fix it",
+        )
+    return done.stdout.decode("utf-8", "replace").strip()
+
+
+def resolve_all(values: dict[str, str | SecretRef], environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: v if isinstance(v, str) else resolve_secret(v, environ) for k, v in values.items()}
+
+
+def redact_env_for(ref: SecretRef) -> str:
+    return f"*** ({ref.describe()})"
+
+
+def file_mode_is_open(path: str) -> bool:
+    """True when group or others can read `path` (used by `config check`)."""
+    try:
+        return bool(os.stat(path).st_mode & 0o044)
+    except OSError:
+        return False

@@ -1,0 +1,131 @@
+"""CA bundles: check the profile's PEM files and write the merged bundle the child trusts.
+
+SSL_CERT_FILE, REQUESTS_CA_BUNDLE and friends each *replace* their client's whole trust store, so
+pointing them at the corporate root alone breaks every public endpoint. kai-run therefore writes one
+merged bundle (`append`: certifi's roots + the profile's CAs; `replace`: the profile's CAs only) into
+the user cache dir, named by a hash of its content, so it is written once and reused.
+NODE_EXTRA_CA_CERTS is different: Node adds it to its own roots, so it gets the profile's CAs only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from kai_launch import paths
+from kai_launch.errors import TrustError
+
+_BEGIN = "-----BEGIN CERTIFICATE-----"
+_END = "-----END CERTIFICATE-----"
+
+
+class Bundles:
+    """The files the child's CA variables point at."""
+
+    __slots__ = ("merged", "own", "sources")
+
+    def __init__(self, merged: str, own: str, sources: list[str]) -> None:
+        self.merged = merged  # certifi + profile CAs (append) or profile CAs (replace)
+        self.own = own  # the profile's CAs only, for NODE_EXTRA_CA_CERTS
+        self.sources = sources
+
+
+def pem_certificates(path: str, where: str) -> list[str]:
+    """The certificate blocks of a PEM file; raises TrustError when there is none."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise TrustError(
+            f"CA file {path} does not exist",
+            where,
+            "fix the path in ca_bundle, or export the CA to that file",
+        ) from None
+    except IsADirectoryError:
+        raise TrustError(
+            f"CA file {path} is a directory", where, "name the PEM file itself"
+        ) from None
+    except OSError as e:
+        raise TrustError(f"cannot read CA file {path}: {e.strerror}", where) from None
+    text = raw.decode("latin-1")
+    blocks: list[str] = []
+    start = text.find(_BEGIN)
+    while start >= 0:
+        end = text.find(_END, start)
+        if end < 0:
+            break
+        block = text[start : end + len(_END)]
+        if _valid_block(block):
+            blocks.append(block.replace("\r\n", "\n"))
+        start = text.find(_BEGIN, end)
+    if not blocks:
+        hint = "the file must hold at least one -----BEGIN CERTIFICATE----- block"
+        if raw[:1] == b"\x30":
+            hint = f"it looks like DER: convert it with `openssl x509 -inform der -in {path} -out ca.pem`"
+        raise TrustError(f"CA file {path} holds no PEM certificate", where, hint)
+    return blocks
+
+
+def _valid_block(block: str) -> bool:
+    import binascii
+
+    body = block[len(_BEGIN) : -len(_END)]
+    try:
+        der = binascii.a2b_base64(body.encode("ascii"))
+    except (binascii.Error, UnicodeEncodeError):
+        return False
+    return der[:1] == b"\x30"  # an ASN.1 SEQUENCE, as every X.509 certificate is
+
+
+def certifi_bundle() -> str:
+    """certifi's cacert.pem, found without importing certifi (importlib.resources is slow to load)."""
+    for entry in sys.path:
+        candidate = os.path.join(entry or ".", "certifi", "cacert.pem")
+        if os.path.isfile(candidate):
+            return candidate
+    import certifi  # a zipped or otherwise unusual install
+
+    return str(certifi.where())
+
+
+def build_bundles(files: list[tuple[str, str]], mode: str) -> Bundles:
+    """files: (absolute path, where) pairs. Writes (or reuses) the merged and own bundles."""
+    own_parts: list[str] = []
+    for path, where in files:
+        blocks = pem_certificates(path, where)
+        own_parts.append(f"# kai-run: from {path}\n" + "\n".join(blocks) + "\n")
+    own = "".join(own_parts)
+    if mode == "replace":
+        merged = own
+    else:
+        root = certifi_bundle()
+        with open(root, encoding="latin-1") as f:
+            public = f.read()
+        merged = f"# kai-run: public roots from {root}\n{public.rstrip()}\n{own}"
+    return Bundles(_store(merged), _store(own), [p for p, _ in files])
+
+
+def _store(content: str) -> str:
+    import hashlib
+
+    data = content.encode("latin-1")
+    name = hashlib.sha256(data).hexdigest()[:32] + ".pem"
+    directory = os.path.join(paths.user_cache_dir(), "ca")
+    target = os.path.join(directory, name)
+    if os.path.isfile(target):
+        return target
+    try:
+        os.makedirs(directory, exist_ok=True)
+        tmp = f"{target}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError as e:
+        raise TrustError(
+            f"cannot write the merged CA bundle: {e.strerror}",
+            directory,
+            "check that the cache dir is writable",
+        ) from None
+    return target
