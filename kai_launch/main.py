@@ -85,9 +85,8 @@ def report(error: KaiRunError, *, debug: bool = False) -> int:
         import traceback
 
         traceback.print_exception(error, file=sys.stderr)
-    lines = [f"kai-run: error: {error.message()}"]
-    if error.hint:
-        lines.append(f"  hint: {error.hint}")
+    hint = error.hint or "run again with --debug to see where it happened"
+    lines = [f"kai-run: error: {error.message()}", f"  hint: {hint}"]
     sys.stderr.write("\n".join(lines) + "\n")
     return error.exit_code
 

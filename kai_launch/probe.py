@@ -437,10 +437,13 @@ def proxy_speaks_http(proxy_url: str, timeout: float) -> ProbeResult:
     deadline = _Deadline(timeout)
     try:
         proxy = _parse_proxy(proxy_url, ("http",))
+    except _Fail as f:
+        return _failed(f, deadline)
+    try:
         target = f"http://{_hostport(_ascii_host(proxy.host), proxy.port)}/"
         resp = _proxy_request(proxy, target, proxy.address, deadline, auth=False)
     except _Fail as f:
-        return _failed(f, deadline)
+        return _failed(f, deadline, proxy=proxy.address)
     detail = {"proxy": proxy.address, "status": resp.status, "reason": resp.reason}
     if server := resp.first("server"):
         detail["server"] = server
@@ -829,8 +832,8 @@ def tls_handshake(
     `lambda: open_route(proxy, host, port, t)[0]`; defaults to a direct connection when `sock`
     was None). `detail` then names the leaf's `subject`/`issuer` (and `*_short`), `chain`,
     `verify_code`; `kind` is untrusted, self_signed, expired, not_yet_valid,
-    hostname_mismatch or verify_failed. On success `detail` has `tls_version`, `subject`,
-    `issuer`, `not_after`, `days_left` of the leaf.
+    hostname_mismatch or verify_failed. On success `detail` has `tls_version` and the leaf's
+    `subject_short`, `issuer_short`, `not_after`, `days_left`.
     """
     ca_label = ca_file or "the system trust store"
     base: dict[str, Any] = {"target": _hostport(host, port), "ca_file": ca_file}
@@ -880,26 +883,34 @@ def tls_handshake(
         return None, _failed(fail, deadline, **base)
 
     detail = {**base, "tls_version": ssock.version()}
-    peer = ssock.getpeercert() or {}
-    detail.update(_peer_summary(peer))
+    detail.update(_peer_summary(ssock))
     ms = deadline.ms()
     message = f"TLS to {base['target']} verified with {ca_label} in {ms:.0f} ms"
     return ssock, ProbeResult(True, message, ms, detail)
 
 
-def _peer_summary(peer: dict[str, Any]) -> dict[str, Any]:
-    """Subject CN, issuer CN and expiry from a verified peer certificate (stdlib dict form)."""
+def _peer_summary(ssock: ssl.SSLSocket) -> dict[str, Any]:
+    """Names and expiry of the verified leaf, in the same short forms as a failure reports."""
+    leaf = _describe_chain([der]) if (der := ssock.getpeercert(binary_form=True)) else []
+    if leaf:
+        return {
+            "subject_short": leaf[0].subject_short,
+            "issuer_short": leaf[0].issuer_short,
+            "not_after": leaf[0].not_after.isoformat(),
+            "days_left": round(leaf[0].days_left(), 1),
+        }
+    # Without cryptography: the stdlib's parsed form of a verified certificate.
+    peer = ssock.getpeercert() or {}
 
     def cn(name: Any) -> str:
-        pairs = [pair for rdn in name or () for pair in rdn]
-        values = dict(pairs)
+        values = dict(pair for rdn in name or () for pair in rdn)
         return str(values.get("commonName") or values.get("organizationName") or "")
 
     out: dict[str, Any] = {
         "subject_short": cn(peer.get("subject")),
         "issuer_short": cn(peer.get("issuer")),
     }
-    if not_after := peer.get("notAfter"):
+    if isinstance(not_after := peer.get("notAfter"), str):
         seconds = ssl.cert_time_to_seconds(not_after)
         out["not_after"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(seconds))
         out["days_left"] = round((seconds - time.time()) / 86400, 1)

@@ -203,6 +203,33 @@ def validate_fields(body: Mapping[str, object], fields: tuple[Field, ...], where
 
 def check_value(field: Field, value: object, where: Where) -> None:
     """Check one value against its Field's kind (shape only; no environment, no disk)."""
+    try:
+        _check_value(field, value, where)
+    except ConfigError as e:
+        if e.hint is None:
+            e.hint = f"{field.name} is {_EXPECTED.get(field.kind, 'described in the README')}: {field.doc}"
+        raise
+
+
+_EXPECTED = {
+    "str": "a string",
+    "proxy": 'a proxy URL such as "http://proxy.example.com:3128"',
+    "hostport": 'a "host:port" string',
+    "bool": "true or false",
+    "proxy_or_bool": "true, false or a proxy URL",
+    "choice": "one of a fixed set of words",
+    "number": "a number of seconds",
+    "str_or_list": 'a string or a list of strings, e.g. ["a", "b"]',
+    "argv": 'a list of strings, e.g. ["kai-rpc-server", "--log-level", "info"]',
+    "url_list": 'a list of URLs, e.g. ["https://api.openai.com/v1/models"]',
+    "name_list": 'a list of variable names, e.g. ["AWS_PROFILE"]',
+    "secret": 'a string or a secret reference such as { env = "NAME" }',
+    "env": 'a table of variables, e.g. { NAME = "value" }',
+    "table": "a table",
+}
+
+
+def _check_value(field: Field, value: object, where: Where) -> None:
     kind = field.kind
     if kind in ("str", "proxy", "hostport"):
         if not isinstance(value, str):

@@ -1,0 +1,1 @@
+"""Test support: real loopback servers, a real mitmdump, and their pytest fixtures."""

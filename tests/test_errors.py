@@ -1,0 +1,219 @@
+"""Every error of issue 2: exit 2, one line naming file/profile/key (and line), then a hint."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from kai_launch import secrets
+from kai_launch.cli import app
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def assert_error(result, *fragments: str) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("kai-run: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 2 and lines[1].startswith("  hint: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def test_invalid_toml_names_line_and_column(write_profiles):
+    path = write_profiles('[profiles.a]\nhttp_proxy = "http://x:1"\nno_proxy = [oops]\n')
+    line = assert_error(invoke("-c", str(path), "env", "-p", "a"), "invalid TOML", str(path), "line 3")
+    assert "column" in line
+
+
+def test_unknown_key_did_you_mean_with_line(write_profiles):
+    path = write_profiles('[profiles.corp]\ndescription = "x"\nhtps_proxy = "http://p:1"\n')
+    result = invoke("-c", str(path), "env", "-p", "corp")
+    assert_error(result, "unknown key 'htps_proxy'", str(path), "line 3", "profile 'corp'")
+    assert "did you mean 'https_proxy'?" in result.stderr
+
+
+def test_unknown_key_in_sub_table(write_profiles):
+    path = write_profiles('[profiles.corp]\n\n[profiles.corp.proxy_auth]\nusername = "a"\npasword = "b"\n')
+    result = invoke("-c", str(path), "env", "-p", "corp")
+    assert_error(result, "unknown key 'pasword'", "line 5", "key 'proxy_auth.pasword'")
+    assert "did you mean 'password'?" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ("insecure = 'yes'", "expected true or false, got a string"),
+        ("no_proxy = 5", "expected a list of strings, got an integer"),
+        ("command = 'kai-rpc-server'", "expected a list of strings, got a string"),
+        ("ca_mode = 'apend'", "expected one of append, replace"),
+        ("env = { A = [1] }", "expected a string or a secret reference"),
+        ("env = { A = { vault = 'x' } }", "unknown secret reference 'vault'"),
+        ("check_urls = ['ftp://x']", "not an http:// or https:// URL"),
+    ],
+)
+def test_wrong_types(write_profiles, body, fragment):
+    path = write_profiles(f"[profiles.p]\n{body}\n")
+    assert_error(invoke("-c", str(path), "env", "-p", "p"), fragment, str(path), "profile 'p'", "line 2")
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("proxy.corp.example:3128", "has no scheme"),
+        ("ftp://proxy:21", "unsupported scheme 'ftp'"),
+        ("http://:3128", "has no host"),
+        ("http://proxy:99999", "bad port '99999'"),
+        ("http://proxy:abc", "bad port 'abc'"),
+        ("http://proxy:", "empty port"),
+    ],
+)
+def test_bad_proxy_urls(write_profiles, url, fragment):
+    path = write_profiles(f'[profiles.p]\nhttps_proxy = "{url}"\n')
+    result = invoke("-c", str(path), "env", "-p", "p")
+    assert_error(result, fragment, str(path), "profile 'p'", "key 'https_proxy'")
+
+
+def test_bad_proxy_url_never_shows_the_password(write_profiles):
+    path = write_profiles('[profiles.p]\nhttps_proxy = "ftp://jdoe:hunter2@proxy:21"\n')
+    result = invoke("-c", str(path), "env", "-p", "p")
+    assert_error(result, "jdoe:***@proxy:21")
+    assert "hunter2" not in result.stderr
+
+
+def test_missing_ca_file(write_profiles, tmp_path):
+    path = write_profiles('[profiles.p]\nca_bundle = "nope.pem"\n')
+    assert_error(
+        invoke("-c", str(path), "env", "-p", "p"),
+        f"CA file {tmp_path / 'nope.pem'} does not exist",
+        "profile 'p'",
+        "key 'ca_bundle'",
+    )
+
+
+def test_non_pem_ca_file(write_profiles, tmp_path):
+    (tmp_path / "ca.pem").write_text("this is not a certificate\n")
+    path = write_profiles('[profiles.p]\nca_bundle = ["ca.pem"]\n')
+    assert_error(invoke("-c", str(path), "env", "-p", "p"), "holds no PEM certificate", "key 'ca_bundle'")
+
+
+def test_der_ca_file_hint(write_profiles, tmp_path):
+    import trustme
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    cert = x509.load_pem_x509_certificate(trustme.CA().cert_pem.bytes())
+    (tmp_path / "ca.der").write_bytes(cert.public_bytes(Encoding.DER))
+    path = write_profiles('[profiles.p]\nca_bundle = "ca.der"\n')
+    result = invoke("-c", str(path), "env", "-p", "p")
+    assert_error(result, "holds no PEM certificate")
+    assert "openssl x509 -inform der" in result.stderr
+
+
+def test_extends_cycle(write_profiles):
+    path = write_profiles('[profiles.a]\nextends = "b"\n[profiles.b]\nextends = "c"\n[profiles.c]\nextends = "a"\n')
+    assert_error(invoke("-c", str(path), "env", "-p", "a"), "extends cycle: a -> b -> c -> a", "key 'extends'")
+
+
+def test_extends_unknown_parent(write_profiles):
+    path = write_profiles('[profiles.a]\nextends = "nobody"\n[profiles.b]\n')
+    result = invoke("-c", str(path), "env", "-p", "a")
+    assert_error(result, "profile 'a' extends unknown profile 'nobody'", str(path), "key 'extends'")
+    assert "known profiles: a, b" in result.stderr
+
+
+def test_unknown_profile_lists_known(write_profiles):
+    path = write_profiles("[profiles.corp]\n[profiles.home]\n")
+    result = invoke("-c", str(path), "env", "-p", "crop")
+    assert_error(result, "unknown profile 'crop'", str(path))
+    assert "did you mean 'corp'" in result.stderr and "known profiles: corp, home" in result.stderr
+
+
+def test_secret_env_unset(write_profiles):
+    path = write_profiles('[profiles.p]\nenv = { TOKEN = { env = "NOT_SET_ANYWHERE" } }\n')
+    result = invoke("-c", str(path), "env", "-p", "p")
+    assert_error(result, "secret variable NOT_SET_ANYWHERE is not set", "profile 'p'", "key 'env.TOKEN'")
+
+
+def test_secret_file_missing(write_profiles, tmp_path):
+    path = write_profiles('[profiles.p]\nenv = { TOKEN = { file = "~/.config/kai/none.key" } }\n')
+    result = invoke("-c", str(path), "env", "-p", "p")
+    assert_error(result, "none.key does not exist", "profile 'p'", "key 'env.TOKEN'")
+
+
+def test_secret_file_trailing_newline_stripped(write_profiles, tmp_path):
+    (tmp_path / "k").write_text("sk-123\n")
+    path = write_profiles('[profiles.p]\nenv = { OPENAI_API_KEY = { file = "k" } }\n')
+    result = invoke("-c", str(path), "env", "-p", "p")
+    assert result.exit_code == 0, result.stderr
+    assert "export OPENAI_API_KEY='sk-123'" in result.stdout
+
+
+def test_secret_command_fails(write_profiles):
+    cmd = f'["{sys.executable}", "-c", "import sys; sys.stderr.write(\'not logged in\'); sys.exit(3)"]'
+    path = write_profiles(f"[profiles.p]\nenv = {{ GITHUB_TOKEN = {{ command = {cmd} }} }}\n")
+    result = invoke("-c", str(path), "env", "-p", "p")
+    assert_error(result, "failed with exit status 3: not logged in", "key 'env.GITHUB_TOKEN'")
+
+
+def test_secret_command_output_is_used_and_stripped(write_profiles):
+    cmd = f'["{sys.executable}", "-c", "print(\' tok \')"]'
+    path = write_profiles(f"[profiles.p]\nenv = {{ GITHUB_TOKEN = {{ command = {cmd} }} }}\n")
+    result = invoke("-c", str(path), "env", "-p", "p")
+    assert result.exit_code == 0, result.stderr
+    assert "export GITHUB_TOKEN='tok'" in result.stdout
+
+
+def test_secret_command_missing(write_profiles):
+    path = write_profiles('[profiles.p]\nenv = { T = { command = ["no-such-cmd-kai"] } }\n')
+    assert_error(invoke("-c", str(path), "env", "-p", "p"), "secret command not found: no-such-cmd-kai")
+
+
+def test_secret_command_times_out(write_profiles, monkeypatch):
+    monkeypatch.setattr(secrets, "COMMAND_TIMEOUT", 0.5)
+    cmd = f'["{sys.executable}", "-c", "import time; time.sleep(30)"]'
+    path = write_profiles(f"[profiles.p]\nenv = {{ T = {{ command = {cmd} }} }}\n")
+    assert_error(invoke("-c", str(path), "env", "-p", "p"), "did not finish within 0.5 s", "key 'env.T'")
+
+
+def test_invalid_variable_names(write_profiles):
+    path = write_profiles('[profiles.p]\nenv = { "BAD-NAME" = "x" }\n')
+    assert_error(invoke("-c", str(path), "env", "-p", "p"), "invalid variable name 'BAD-NAME'")
+    path = write_profiles('[profiles.p]\nunset = ["1ABC"]\n', name="u.toml")
+    assert_error(invoke("-c", str(path), "env", "-p", "p"), "invalid variable name '1ABC'")
+
+
+def test_set_without_equals(write_profiles, kai_run):
+    path = write_profiles("[profiles.p]\n")
+    assert_error(invoke("-c", str(path), "env", "-p", "p", "--set", "FOO"), "--set needs KEY=VALUE")
+    run = kai_run("-c", str(path), "-p", "p", "--set", "FOO", "--", "true")
+    assert run.returncode == 2
+    assert run.stderr.startswith("kai-run: error: --set needs KEY=VALUE, got 'FOO'")
+
+
+def test_unset_variable_in_value(write_profiles):
+    path = write_profiles('[profiles.p]\nenv = { D = "${NOT_DEFINED_X}/logs" }\n')
+    result = invoke("-c", str(path), "env", "-p", "p")
+    assert_error(result, "variable NOT_DEFINED_X is not set", "key 'env.D'")
+    assert "${NOT_DEFINED_X:-default}" in result.stderr
+
+
+def test_missing_config_file(tmp_path):
+    assert_error(invoke("-c", str(tmp_path / "none.toml"), "env"), "profile file not found")
+
+
+def test_errors_in_subprocess_have_no_traceback_but_debug_does(write_profiles, kai_run):
+    path = write_profiles('[profiles.p]\nhttps_proxy = "nope"\n')
+    run = kai_run("-c", str(path), "-p", "p", "--", "true")
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr
+    assert len(run.stderr.splitlines()) == 2
+    run = kai_run("-c", str(path), "-p", "p", "--debug", "--", "true")
+    assert run.returncode == 2
+    assert "Traceback" in run.stderr and "kai-run: error:" in run.stderr
