@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kai_launch.errors import ConfigError
 from kai_launch.expand import expand_path, expand_vars
-from kai_launch.noproxy import normalise_no_proxy
+from kai_launch.noproxy import is_ipv6_cidr, normalise_no_proxy
 from kai_launch.profiles import PROFILE_ENV
 from kai_launch.proxyurl import parse_proxy_url, redact_url
 from kai_launch.schema import valid_var_name
@@ -242,6 +242,13 @@ def _proxies(
     for name in NO_PROXY_VARIABLES:
         plan.set(name, value, profile.origins.get("no_proxy", "kai-run defaults"))
     for cidr in cidrs:
+        if is_ipv6_cidr(cidr):
+            plan.warnings.append(
+                f"NO_PROXY entry {cidr} is an IPv6 CIDR range: httpx 0.28 (langchain, openai SDK "
+                "1.x/2.x) then fails to create any client (InvalidURL), and curl ignores it; "
+                "list the addresses instead"
+            )
+            continue
         plan.warnings.append(
             f"NO_PROXY entry {cidr} is a CIDR range: curl, Go, requests and httpx2 honour it, but "
             "httpx (langchain, openai SDK 1.x/2.x) ignores it and uses the proxy"

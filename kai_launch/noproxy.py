@@ -25,6 +25,9 @@ def split_entries(value: str | list[str]) -> list[str]:
 
 def normalise_entry(entry: str) -> str:
     entry = entry.strip().lower()
+    if entry.startswith("[") and entry.endswith("]"):
+        # `[::1]` matches nothing in requests or curl, and makes httpx 0.28 refuse to build a client.
+        entry = entry[1:-1]
     if entry.startswith("*."):
         entry = entry[2:]
     while entry.startswith("."):
@@ -42,6 +45,10 @@ def is_cidr(entry: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def is_ipv6_cidr(entry: str) -> bool:
+    return ":" in entry and is_cidr(entry)
 
 
 def normalise_no_proxy(entries: list[str]) -> tuple[str, list[str]]:
