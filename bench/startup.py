@@ -61,7 +61,11 @@ def kai_argv(profile: str) -> list[str]:
 
 def imported_modules(argv: list[str], env: dict[str, str]) -> set[str]:
     proc = subprocess.run(
-        [argv[0], "-X", "importtime", *argv[1:]], env=env, capture_output=True, text=True, check=True
+        [argv[0], "-X", "importtime", *argv[1:]],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     names = set()
     for line in proc.stderr.splitlines():

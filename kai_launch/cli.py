@@ -294,10 +294,584 @@ def profiles_show(
 # --- doctor and route ------------------------------------------------------------------
 
 
+@app.command("doctor")
+def doctor_command(
+    ctx: typer.Context,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    all_profiles: Annotated[
+        bool, typer.Option("--all", help="Check every profile (not with --profile).")
+    ] = False,
+    url: Annotated[
+        list[str] | None,
+        typer.Option("--url", help="URL to test (repeatable); default: the profile's check_urls."),
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", min=0.01, help="Seconds allowed for each network step."),
+    ] = 5.0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print only a JSON list of the checks.")
+    ] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 on warnings too.")] = False,
+) -> None:
+    """Find what is wrong with a profile's network path, and say how to fix it.
+
+    Checks the profile (file, secrets), the environment, each CA file and certificate, each
+    proxy (DNS, TCP, HTTP or SOCKS, authentication) and each target URL through the route the
+    profile gives it (tunnel, TLS verified with the CA bundle the child gets, one HTTP request).
+    Every network step has its own --timeout and all of them run at once. A target behind a
+    proxy is never resolved locally: the proxy resolves it.
+
+    Exit status: 0 nothing failed, 1 something failed (with --strict: or warned), 2 kai-run's
+    own errors (unknown profile, missing --config file, bad --url).
+
+    Examples:
+
+      kai-run doctor -p corp
+
+      kai-run doctor -p corp --url https://api.openai.com/v1/models --timeout 3
+
+      kai-run doctor --all --json | jq '.[] | select(.status == "fail")'
+    """
+    from kai_launch import render
+    from kai_launch.checks import Doctor, exit_status, prepare
+
+    profile, config = _pick(ctx, profile, config)
+    if all_profiles and profile:
+        raise KaiRunError(
+            "--all and --profile exclude each other", hint="give one profile, or --all"
+        )
+    jobs = prepare(config, profile, all_profiles=all_profiles, urls=url or [], environ=os.environ)
+    doctor = Doctor(jobs, timeout, verbose=_globals(ctx).verbose)
+    checks = render.doctor_report(doctor, total=doctor.total, as_json=as_json)
+    raise typer.Exit(exit_status(checks, strict=strict))
+
+
+@app.command("route")
+def route_command(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Argument(help="The URL a client would request.")],
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show where each HTTP client would send a request for URL under the profile.
+
+    One row per client (requests, urllib, httpx, httpx2, aiohttp, curl, Go, Node): the proxy
+    it would use or "direct", the CA file it would trust, and why; then every disagreement
+    between clients on one line. Python clients are asked through their own functions when
+    installed (else their rules are applied and the answer says "predicted"). Nothing is sent
+    over the network. Proxy credentials are always redacted.
+
+    Examples:
+
+      kai-run route https://api.openai.com/v1/models -p corp
+
+      kai-run route http://internal-llm.corp.example:8000/v1 -p corp --json
+    """
+    from kai_launch import render
+    from kai_launch.route import route
+
+    profile, config = _pick(ctx, profile, config)
+    g = _globals(ctx)
+    plan, _ = _plan(profile, config, g.set, g.unset)
+    _warn(plan.warnings)
+    render.route_report(route(url, plan.child_environ(os.environ)), as_json=as_json)
+
+
 # --- sidecar ----------------------------------------------------------------------------------
 
 
+SIDECAR_EPILOG = """\
+Examples:
+
+  kai-run sidecar start -p local-mitm
+
+  kai-run sidecar status -p local-mitm
+
+  kai-run sidecar stop -p local-mitm
+"""
+
+
+def _sidecar_target(
+    ctx: typer.Context, profile: str | None, config: str | None, *, need_profile: bool
+) -> tuple[str, Any]:
+    """The profile name, and the resolved profile (None when not needed and not found)."""
+    from kai_launch.config import load_config
+    from kai_launch.profiles import resolve_profile, select_profile_name
+
+    profile, config = _pick(ctx, profile, config)
+    try:
+        cfg = load_config(config, os.environ)
+        name, _ = select_profile_name(cfg, profile, os.environ)
+        return name, resolve_profile(cfg, name)
+    except KaiRunError:
+        # status and stop still work for a profile that was renamed or deleted since `start`.
+        if need_profile or not profile:
+            raise
+        return profile, None
+
+
+def _sidecar_report(status: Any) -> None:
+    name = f"sidecar of profile '{status.profile}'"
+    if status.action == "started":
+        typer.echo(
+            f"{name} started: pid {status.pid}, {status.address} "
+            f"(ready after {status.ready_seconds:.1f} s)"
+        )
+    elif status.action in ("running", "already-running"):
+        lead = "is already running" if status.action == "already-running" else "is running"
+        typer.echo(f"{name} {lead}: pid {status.pid}, {status.address}")
+    elif status.action == "stopped":
+        typer.echo(f"{name} stopped (pid {status.pid})")
+    elif status.action == "stale":
+        typer.echo(f"{name} is not running (its process is gone; removed the stale pid file)")
+    else:
+        typer.echo(f"{name} is not running")
+    typer.echo(f"  log: {status.log_path}")
+
+
+@sidecar_app.command("start", epilog=SIDECAR_EPILOG)
+def sidecar_start(ctx: typer.Context, profile: ProfileOpt = None, config: ConfigOpt = None) -> None:
+    """Start the profile's sidecar in the background.
+
+    kai-run waits until it serves (sidecar.ready, sidecar.ready_file), then returns.
+
+    It keeps running after kai-run exits, until `kai-run sidecar stop`. Meanwhile
+    `kai-run -p NAME -- cmd` and `kai-run doctor -p NAME` use it instead of starting their own.
+    Its pid is kept in the user state dir, its output goes to a log in the user log dir.
+    Starting a sidecar that already runs only says so.
+    """
+    from kai_launch.sidecar import start_background
+
+    _, prof = _sidecar_target(ctx, profile, config, need_profile=True)
+    _sidecar_report(start_background(prof, os.environ))
+
+
+@sidecar_app.command("status", epilog=SIDECAR_EPILOG)
+def sidecar_status(
+    ctx: typer.Context, profile: ProfileOpt = None, config: ConfigOpt = None
+) -> None:
+    """Show whether the profile's background sidecar runs.
+
+    Prints its pid, address and log file.
+
+    Exit status 0 when it runs, 3 when it does not (like `systemctl status`).
+    """
+    from kai_launch.sidecar import background_status
+
+    name, _ = _sidecar_target(ctx, profile, config, need_profile=False)
+    status = background_status(name)
+    _sidecar_report(status)
+    if not status.running:
+        raise typer.Exit(3)
+
+
+@sidecar_app.command("stop", epilog=SIDECAR_EPILOG)
+def sidecar_stop(
+    ctx: typer.Context,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    grace: Annotated[
+        float | None,
+        typer.Option(
+            "--grace", help="Seconds between SIGTERM and SIGKILL (default: the profile's, or 5)."
+        ),
+    ] = None,
+) -> None:
+    """Stop the profile's background sidecar.
+
+    SIGTERM to its whole process group, SIGKILL after the grace period; the pid file is
+    removed. Stopping a sidecar that does not run only says so.
+    """
+    from kai_launch.sidecar import grace_period_of, stop_background
+
+    name, prof = _sidecar_target(ctx, profile, config, need_profile=False)
+    _sidecar_report(stop_background(name, grace_period_of(prof) if grace is None else grace))
+
+
 # --- init, profile editing, config -----------------------------------------------------------
+
+EditConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--config", "-c", help="Edit this file (else KAI_RUN_CONFIG, else your user file)."
+    ),
+]
+SiteOpt = Annotated[
+    bool,
+    typer.Option("--site", help="Edit the site file (shared by everyone on this machine)."),
+]
+EDIT_EPILOG = """\
+The file edited is --config/-c, else KAI_RUN_CONFIG, else your user file (created on first
+edit); --site edits the site file. Comments and layout are kept; an edit that would make the
+file invalid is refused and the file is left untouched.
+"""
+
+
+def _edit_target(ctx: typer.Context, config: str | None, site: bool) -> Any:
+    from kai_launch.edit import edit_target
+
+    _, config = _pick(ctx, None, config)
+    return edit_target(config, os.environ, site=site)
+
+
+def _edited(result: Any) -> None:
+    _warn(result.warnings)
+    state = "" if result.changed else "unchanged: "
+    typer.echo(f"{state}{result.summary} ({result.path})")
+
+
+@app.command("init")
+def init_command(
+    ctx: typer.Context,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    site: SiteOpt = False,
+    config: EditConfigOpt = None,
+) -> None:
+    """Write a commented starter profile file and print its path.
+
+    The content is the same as profiles.example.toml. An existing file is kept unless --force.
+
+    Examples:
+
+      kai-run init
+
+      sudo kai-run init --site
+
+      kai-run init -c ./profiles.toml --force
+    """
+    from kai_launch.edit import init_file
+
+    result = init_file(_edit_target(ctx, config, site), force=force)
+    _warn(result.warnings)
+    typer.echo(result.path)
+
+
+@profiles_app.command("add", epilog=EDIT_EPILOG)
+def profiles_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Name of the new profile.")],
+    extends: Annotated[str | None, typer.Option("--extends", help="Parent profile.")] = None,
+    http_proxy: Annotated[
+        str | None, typer.Option("--http-proxy", help="Proxy for http:// URLs.")
+    ] = None,
+    https_proxy: Annotated[
+        str | None, typer.Option("--https-proxy", help="Proxy for https:// URLs.")
+    ] = None,
+    proxy: Annotated[
+        str | None, typer.Option("--proxy", help="Proxy for both http:// and https:// URLs.")
+    ] = None,
+    no_proxy: Annotated[
+        list[str] | None,
+        typer.Option("--no-proxy", help="Host reached directly (repeatable)."),
+    ] = None,
+    ca_bundle: Annotated[
+        list[str] | None,
+        typer.Option("--ca-bundle", help="PEM file of a CA to trust (repeatable)."),
+    ] = None,
+    description: Annotated[
+        str | None, typer.Option("--description", help="One line shown by `profiles list`.")
+    ] = None,
+    from_env: Annotated[
+        bool,
+        typer.Option(
+            "--from-env",
+            help="Fill the profile from this shell's HTTPS_PROXY, NO_PROXY, SSL_CERT_FILE... "
+            "(options given explicitly win).",
+        ),
+    ] = False,
+    site: SiteOpt = False,
+    config: EditConfigOpt = None,
+) -> None:
+    """Add a profile.
+
+    Examples:
+
+      kai-run profiles add corp --proxy http://proxy.corp.example:3128
+
+      kai-run profiles add mine --from-env     # from a shell that works
+
+      kai-run profiles add tls --extends corp --ca-bundle ~/certs/root.pem
+    """
+    from kai_launch.edit import add_profile
+
+    result = add_profile(
+        _edit_target(ctx, config, site),
+        name,
+        extends=extends,
+        description=description,
+        http_proxy=http_proxy,
+        https_proxy=https_proxy,
+        proxy=proxy,
+        no_proxy=no_proxy or [],
+        ca_bundle=ca_bundle or [],
+        from_env=os.environ if from_env else None,
+        cwd=os.getcwd(),
+    )
+    _edited(result)
+
+
+@profiles_app.command("set", epilog=EDIT_EPILOG)
+def profiles_set(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Profile to change.")],
+    key: Annotated[
+        str, typer.Argument(help="Key: https_proxy, no_proxy, env.NAME, proxy_auth.password...")
+    ],
+    value: Annotated[str | None, typer.Argument(help="New value (typed from the schema).")] = None,
+    secret_env: Annotated[
+        str | None,
+        typer.Option("--secret-env", help="Store { env = VAR }: read VAR when the profile runs."),
+    ] = None,
+    secret_file: Annotated[
+        str | None,
+        typer.Option("--secret-file", help="Store { file = PATH }: read PATH when it runs."),
+    ] = None,
+    secret_command: Annotated[
+        str | None,
+        typer.Option(
+            "--secret-command",
+            help='Store { command = [...] }: run it when the profile runs ("gh auth token").',
+        ),
+    ] = None,
+    site: SiteOpt = False,
+    config: EditConfigOpt = None,
+) -> None:
+    """Set one key of a profile.
+
+    Values are typed from the schema: true/false, numbers, lists as ["a", "b"] or a,b, the
+    command split like a shell would. Secrets are stored as references, never as values.
+
+    Examples:
+
+      kai-run profiles set corp https_proxy http://proxy.example:8080
+
+      kai-run profiles set corp no_proxy '["localhost", ".corp.example"]'
+
+      kai-run profiles set corp sidecar.ready 127.0.0.1:8080
+
+      kai-run profiles set corp proxy_auth.password --secret-env PROXY_PW
+
+      kai-run profiles set corp env.GH_TOKEN --secret-command "gh auth token"
+    """
+    from kai_launch.edit import set_value
+
+    secret = _secret_ref(secret_env, secret_file, secret_command)
+    if secret is not None and value is not None:
+        raise KaiRunError(
+            "give either a value or a secret reference, not both",
+            "command line",
+            f"kai-run profiles set {name} {key} --secret-env VAR",
+        )
+    result = set_value(
+        _edit_target(ctx, config, site), name, key, value, secret=secret, cwd=os.getcwd()
+    )
+    _edited(result)
+
+
+def _secret_ref(
+    env: str | None, file: str | None, command: str | None
+) -> tuple[str, str | list[str]] | None:
+    given = [(k, v) for k, v in (("env", env), ("file", file), ("command", command)) if v]
+    if len(given) > 1:
+        raise KaiRunError(
+            "give one of --secret-env, --secret-file, --secret-command", "command line"
+        )
+    if not given:
+        return None
+    kind, arg = given[0]
+    assert arg is not None
+    if kind != "command":
+        return kind, arg
+    import json
+    import shlex
+
+    try:
+        argv = json.loads(arg) if arg.lstrip().startswith("[") else shlex.split(arg)
+    except ValueError as e:
+        raise KaiRunError(f"cannot read --secret-command: {e}", "command line") from None
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise KaiRunError(
+            "--secret-command needs a command",
+            "command line",
+            'e.g. --secret-command "gh auth token"',
+        )
+    return kind, argv
+
+
+@profiles_app.command("unset", epilog=EDIT_EPILOG)
+def profiles_unset(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Profile to change.")],
+    key: Annotated[str, typer.Argument(help="Key to remove, e.g. env.LOG_DIR.")],
+    site: SiteOpt = False,
+    config: EditConfigOpt = None,
+) -> None:
+    """Remove one key from a profile (the parent's value, if any, applies again).
+
+    Example:
+
+      kai-run profiles unset corp env.LOG_DIR
+    """
+    from kai_launch.edit import unset_value
+
+    _edited(unset_value(_edit_target(ctx, config, site), name, key))
+
+
+@profiles_app.command("remove", epilog=EDIT_EPILOG)
+def profiles_remove(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Profile to remove.")],
+    site: SiteOpt = False,
+    config: EditConfigOpt = None,
+) -> None:
+    """Remove a profile; refused while other profiles extend it or it is the default.
+
+    Example:
+
+      kai-run profiles remove old-vpn
+    """
+    from kai_launch.edit import remove_profile
+
+    _edited(remove_profile(_edit_target(ctx, config, site), name))
+
+
+@profiles_app.command("rename", epilog=EDIT_EPILOG)
+def profiles_rename(
+    ctx: typer.Context,
+    old: Annotated[str, typer.Argument(help="Current name.")],
+    new: Annotated[str, typer.Argument(help="New name.")],
+    site: SiteOpt = False,
+    config: EditConfigOpt = None,
+) -> None:
+    """Rename a profile, and every `extends` and `default_profile` of the file that names it.
+
+    Example:
+
+      kai-run profiles rename corp corp-eu
+    """
+    from kai_launch.edit import rename_profile
+
+    _edited(rename_profile(_edit_target(ctx, config, site), old, new))
+
+
+@profiles_app.command("copy", epilog=EDIT_EPILOG)
+def profiles_copy(
+    ctx: typer.Context,
+    src: Annotated[str, typer.Argument(help="Profile to copy (from any file that is read).")],
+    dst: Annotated[str, typer.Argument(help="Name of the copy.")],
+    site: SiteOpt = False,
+    config: EditConfigOpt = None,
+) -> None:
+    """Copy a profile's own settings to a new profile (its parent stays its parent).
+
+    Example:
+
+      kai-run profiles copy corp corp-debug
+    """
+    from kai_launch.edit import copy_profile
+
+    _edited(copy_profile(_edit_target(ctx, config, site), src, dst))
+
+
+@profiles_app.command("default", epilog=EDIT_EPILOG)
+def profiles_default(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Profile used when none is named.")],
+    site: SiteOpt = False,
+    config: EditConfigOpt = None,
+) -> None:
+    """Set default_profile: the profile used without -p or KAI_RUN_PROFILE.
+
+    Example:
+
+      kai-run profiles default corp
+    """
+    from kai_launch.edit import set_default
+
+    _edited(set_default(_edit_target(ctx, config, site), name))
+
+
+@config_app.command("path")
+def config_path(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the profile files kai-run reads, lowest precedence first, and which exist.
+
+    Example:
+
+      kai-run config path
+    """
+    import json
+
+    from kai_launch.edit import config_paths
+
+    _, config = _pick(ctx, None, config)
+    infos = config_paths(config, os.environ)
+    if as_json:
+        typer.echo(json.dumps([i.__dict__ for i in infos], indent=2))
+        return
+    for info in infos:
+        state = "exists" if info.exists else "missing"
+        typer.echo(f"{info.why:<16} {state:<8} {info.path}")
+
+
+@config_app.command("check")
+def config_check(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Validate every profile of every file; exit 1 on a problem (for CI).
+
+    Checks the schema, `extends`, proxy URLs, that CA files exist and hold PEM certificates,
+    and the shape of secret references (secret commands are not run). Warns about plaintext
+    secrets in a file that group or others can read.
+
+    Examples:
+
+      kai-run config check
+
+      kai-run config check -c profiles.toml --json
+    """
+    import json
+
+    from kai_launch.edit import check_config
+
+    _, config = _pick(ctx, None, config)
+    result = check_config(config, os.environ)
+    if as_json:
+        data = {
+            "ok": result.ok,
+            "files": [f.__dict__ for f in result.files],
+            "problems": [p.__dict__ for p in result.problems],
+            "warnings": [w.__dict__ for w in result.warnings],
+        }
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        for f in result.files:
+            if not f.exists:
+                state = "missing"
+            elif not f.valid:
+                state = "invalid"
+            else:
+                state = f"{f.profiles} profile{'s' * (f.profiles != 1)}"
+            typer.echo(f"{f.scope:<5} {f.path} ({state})")
+        for label, findings in (("error", result.problems), ("warning", result.warnings)):
+            for finding in findings:
+                typer.echo(f"{label}: {finding.message}")
+                if finding.hint:
+                    typer.echo(f"  hint: {finding.hint}")
+        problems, warnings = len(result.problems), len(result.warnings)
+        typer.echo(
+            f"{problems} problem{'s' * (problems != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+        )
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 # --- entry ------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from kai_launch.environ import EnvPlan
+
 # Options accepted before `--` (and before a subcommand). Anything else hands over to typer.
 _VALUE_OPTIONS = {
     "-p": "profile",
@@ -115,17 +117,36 @@ def run(opts: RunOptions) -> int:
             f"profile '{name}' ({profile.path})",
             'put it after --, or add command = ["kai-rpc-server"] to the profile',
         )
-    plan = build_plan(
-        profile, environ, overrides=overrides, removals=opts.unset, clean_env=opts.clean_env
-    )
-    warn(plan.warnings)
+
+    def child_plan(*, resolve_secrets: bool = True, bundles: bool = True) -> EnvPlan:
+        return build_plan(
+            profile,
+            environ,
+            overrides=overrides,
+            removals=opts.unset,
+            clean_env=opts.clean_env,
+            resolve_secrets=resolve_secrets,
+            bundles=bundles,
+        )
+
     if opts.verbose:
         sys.stderr.write(f"kai-run: profile '{name}' ({why}); running: {' '.join(command)}\n")
-    env = plan.child_environ(environ)
     if profile.sidecar is not None:
         from kai_launch.supervise import run_with_sidecar
 
-        return run_with_sidecar(profile, command, env, environ, verbose=opts.verbose)
+        # The sidecar's CA (ca_bundle) may be a file it writes on its first start: the bundle is
+        # built once it is ready. Everything else is checked first, before anything starts.
+        child_plan(resolve_secrets=False, bundles=False)
+
+        def child_env() -> dict[str, str]:
+            plan = child_plan()
+            warn(plan.warnings)
+            return plan.child_environ(environ)
+
+        return run_with_sidecar(profile, command, child_env, environ, verbose=opts.verbose)
+    plan = child_plan()
+    warn(plan.warnings)
+    env = plan.child_environ(environ)
     from kai_launch.launch import exec_command
 
     return exec_command(command, env)

@@ -47,7 +47,10 @@ def test_env_sh_is_evaluable_and_only_has_changes(write_profiles):
     assert result.exit_code == 0, result.stderr
     assert "UNRELATED" not in result.stdout
     assert "PATH" not in result.stdout
-    script = result.stdout + 'printf "%s|%s|%s" "$HTTPS_PROXY" "$OAUTH_CLIENT_SECRET" "${ALL_PROXY-unset}"'
+    script = (
+        result.stdout
+        + 'printf "%s|%s|%s" "$HTTPS_PROXY" "$OAUTH_CLIENT_SECRET" "${ALL_PROXY-unset}"'
+    )
     out = subprocess.run(
         ["bash", "-c", 'eval "$(cat)"'], input=script, capture_output=True, text=True, check=True,
         env={"PATH": os.environ["PATH"], "ALL_PROXY": "stale"},
@@ -98,7 +101,10 @@ def test_show_masks_secrets_and_names_origins(write_profiles):
     assert variables["OAUTH_CLIENT_SECRET"]["value"] == "***"
     assert "env: KAI_OAUTH_SECRET" in variables["OAUTH_CLIENT_SECRET"]["origin"]
     assert variables["API_KEY"]["value"] == "***"
-    assert variables["OAUTH_CLIENT_ID"] == {"value": "kai-ide", "origin": f"profile 'corp' ({path})"}
+    assert variables["OAUTH_CLIENT_ID"] == {
+        "value": "kai-ide",
+        "origin": f"profile 'corp' ({path})",
+    }
     assert data["settings"]["proxy_auth.password"]["value"] == "env: CORP_PROXY_PASSWORD"
     assert "ALL_PROXY" in data["unset"]
     # Showing does not need the secrets to be resolvable...
@@ -107,7 +113,9 @@ def test_show_masks_secrets_and_names_origins(write_profiles):
     revealed = invoke("-c", str(path), "profiles", "show", "corp", "--json", "--reveal", env=env)
     data = json.loads(revealed.stdout)
     assert data["variables"]["OAUTH_CLIENT_SECRET"]["value"] == "topsecret"
-    assert data["variables"]["HTTPS_PROXY"]["value"] == "http://jdoe:hunter2@proxy.corp.example:3128"
+    assert (
+        data["variables"]["HTTPS_PROXY"]["value"] == "http://jdoe:hunter2@proxy.corp.example:3128"
+    )
 
 
 def test_show_text_output_masks_too(write_profiles):
@@ -163,7 +171,9 @@ def test_site_and_user_files(tmp_path, kai_run):
         "site.example,mine.example,localhost,127.0.0.1,::1",
         "user",
     ]
-    run = kai_run("-p", "home", "--", sys.executable, "-c", code.replace("HTTPS_PROXY", "KAI_RUN_PROFILE"))
+    run = kai_run(
+        "-p", "home", "--", sys.executable, "-c", code.replace("HTTPS_PROXY", "KAI_RUN_PROFILE")
+    )
     assert run.stdout.split()[0] == "home" and run.stdout.split()[-1] == "site"
     # A file in the current directory is never read implicitly.
     (tmp_path / "profiles.toml").write_text('[profiles.evil]\nhttps_proxy = "http://evil:1"\n')
@@ -176,7 +186,9 @@ def test_user_default_profile_wins_over_site(tmp_path):
     user = Path(paths.user_config_file())
     site.parent.mkdir(parents=True)
     user.parent.mkdir(parents=True)
-    site.write_text('default_profile = "a"\n[profiles.a]\nenv = {W="a"}\n[profiles.b]\nenv = {W="b"}\n')
+    site.write_text(
+        'default_profile = "a"\n[profiles.a]\nenv = {W="a"}\n[profiles.b]\nenv = {W="b"}\n'
+    )
     user.write_text('default_profile = "b"\n')
     assert "export W='b'" in invoke("env").stdout
 
@@ -204,7 +216,11 @@ def test_extends_merge_rules(write_profiles):
     v = data["variables"]
     assert v["HTTPS_PROXY"]["value"] == "http://child.example:2"
     assert v["NO_PROXY"]["value"] == "a.example,shared.example,b.example,localhost,127.0.0.1,::1"
-    assert v["KEEP"]["value"] == "root" and v["OVER"]["value"] == "child" and v["NEW"]["value"] == "child"
+    assert (
+        v["KEEP"]["value"] == "root"
+        and v["OVER"]["value"] == "child"
+        and v["NEW"]["value"] == "child"
+    )
     assert {"ONE", "TWO"} <= set(data["unset"])
     assert data["settings"]["command"]["value"] == ["root-cmd"]
     assert data["settings"]["description"]["value"] == "root"
@@ -219,7 +235,9 @@ def test_variable_expansion(write_profiles):
         env = { A = "$${HOME} costs $$5", B = "${EMPTY:-dflt}", C = "${EMPTY}", D = "a$b" }
         """
     )
-    out = invoke("-c", str(path), "env", "-p", "p", "-f", "json", env={"PROXY_PORT": "3128", "EMPTY": ""})
+    out = invoke(
+        "-c", str(path), "env", "-p", "p", "-f", "json", env={"PROXY_PORT": "3128", "EMPTY": ""}
+    )
     assert out.exit_code == 0, out.stderr
     data = json.loads(out.stdout)["set"]
     assert data["HTTPS_PROXY"] == "http://fallback.example:3128"
@@ -238,7 +256,8 @@ def test_ca_bundle_path_expansion(write_profiles, tmp_path):
     trustme.CA().cert_pem.write_to_path(str(tmp_path / "b.pem"))
     sub = tmp_path / "conf"
     path = write_profiles(
-        '[profiles.p]\nca_bundle = ["~/certs/a.pem", "${CA_DIR}/b.pem", "../b.pem"]\n', directory=sub
+        '[profiles.p]\nca_bundle = ["~/certs/a.pem", "${CA_DIR}/b.pem", "../b.pem"]\n',
+        directory=sub,
     )
     out = invoke("-c", str(path), "env", "-p", "p", "-f", "json", env={"CA_DIR": str(tmp_path)})
     assert out.exit_code == 0, out.stderr
@@ -261,11 +280,16 @@ def test_version_and_help_everywhere():
 def test_python_dash_m_and_console_script(write_profiles):
     path = write_profiles("[profiles.p]\n")
     out = subprocess.run(
-        [sys.executable, "-m", "kai_launch", "--version"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "kai_launch", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert out.startswith("kai-run 0.")
     script = Path(sys.executable).parent / "kai-run"
-    run = subprocess.run([str(script), "-c", str(path), "-p", "p", "--", "true"], capture_output=True)
+    run = subprocess.run(
+        [str(script), "-c", str(path), "-p", "p", "--", "true"], capture_output=True
+    )
     assert run.returncode == 0, run.stderr
 
 

@@ -28,7 +28,9 @@ def assert_error(result, *fragments: str) -> str:
 
 def test_invalid_toml_names_line_and_column(write_profiles):
     path = write_profiles('[profiles.a]\nhttp_proxy = "http://x:1"\nno_proxy = [oops]\n')
-    line = assert_error(invoke("-c", str(path), "env", "-p", "a"), "invalid TOML", str(path), "line 3")
+    line = assert_error(
+        invoke("-c", str(path), "env", "-p", "a"), "invalid TOML", str(path), "line 3"
+    )
     assert "column" in line
 
 
@@ -40,7 +42,9 @@ def test_unknown_key_did_you_mean_with_line(write_profiles):
 
 
 def test_unknown_key_in_sub_table(write_profiles):
-    path = write_profiles('[profiles.corp]\n\n[profiles.corp.proxy_auth]\nusername = "a"\npasword = "b"\n')
+    path = write_profiles(
+        '[profiles.corp]\n\n[profiles.corp.proxy_auth]\nusername = "a"\npasword = "b"\n'
+    )
     result = invoke("-c", str(path), "env", "-p", "corp")
     assert_error(result, "unknown key 'pasword'", "line 5", "key 'proxy_auth.pasword'")
     assert "did you mean 'password'?" in result.stderr
@@ -60,7 +64,9 @@ def test_unknown_key_in_sub_table(write_profiles):
 )
 def test_wrong_types(write_profiles, body, fragment):
     path = write_profiles(f"[profiles.p]\n{body}\n")
-    assert_error(invoke("-c", str(path), "env", "-p", "p"), fragment, str(path), "profile 'p'", "line 2")
+    assert_error(
+        invoke("-c", str(path), "env", "-p", "p"), fragment, str(path), "profile 'p'", "line 2"
+    )
 
 
 @pytest.mark.parametrize(
@@ -100,7 +106,9 @@ def test_missing_ca_file(write_profiles, tmp_path):
 def test_non_pem_ca_file(write_profiles, tmp_path):
     (tmp_path / "ca.pem").write_text("this is not a certificate\n")
     path = write_profiles('[profiles.p]\nca_bundle = ["ca.pem"]\n')
-    assert_error(invoke("-c", str(path), "env", "-p", "p"), "holds no PEM certificate", "key 'ca_bundle'")
+    assert_error(
+        invoke("-c", str(path), "env", "-p", "p"), "holds no PEM certificate", "key 'ca_bundle'"
+    )
 
 
 def test_der_ca_file_hint(write_profiles, tmp_path):
@@ -117,8 +125,14 @@ def test_der_ca_file_hint(write_profiles, tmp_path):
 
 
 def test_extends_cycle(write_profiles):
-    path = write_profiles('[profiles.a]\nextends = "b"\n[profiles.b]\nextends = "c"\n[profiles.c]\nextends = "a"\n')
-    assert_error(invoke("-c", str(path), "env", "-p", "a"), "extends cycle: a -> b -> c -> a", "key 'extends'")
+    path = write_profiles(
+        '[profiles.a]\nextends = "b"\n[profiles.b]\nextends = "c"\n[profiles.c]\nextends = "a"\n'
+    )
+    assert_error(
+        invoke("-c", str(path), "env", "-p", "a"),
+        "extends cycle: a -> b -> c -> a",
+        "key 'extends'",
+    )
 
 
 def test_extends_unknown_parent(write_profiles):
@@ -138,7 +152,9 @@ def test_unknown_profile_lists_known(write_profiles):
 def test_secret_env_unset(write_profiles):
     path = write_profiles('[profiles.p]\nenv = { TOKEN = { env = "NOT_SET_ANYWHERE" } }\n')
     result = invoke("-c", str(path), "env", "-p", "p")
-    assert_error(result, "secret variable NOT_SET_ANYWHERE is not set", "profile 'p'", "key 'env.TOKEN'")
+    assert_error(
+        result, "secret variable NOT_SET_ANYWHERE is not set", "profile 'p'", "key 'env.TOKEN'"
+    )
 
 
 def test_secret_file_missing(write_profiles, tmp_path):
@@ -172,14 +188,18 @@ def test_secret_command_output_is_used_and_stripped(write_profiles):
 
 def test_secret_command_missing(write_profiles):
     path = write_profiles('[profiles.p]\nenv = { T = { command = ["no-such-cmd-kai"] } }\n')
-    assert_error(invoke("-c", str(path), "env", "-p", "p"), "secret command not found: no-such-cmd-kai")
+    assert_error(
+        invoke("-c", str(path), "env", "-p", "p"), "secret command not found: no-such-cmd-kai"
+    )
 
 
 def test_secret_command_times_out(write_profiles, monkeypatch):
     monkeypatch.setattr(secrets, "COMMAND_TIMEOUT", 0.5)
     cmd = f'["{sys.executable}", "-c", "import time; time.sleep(30)"]'
     path = write_profiles(f"[profiles.p]\nenv = {{ T = {{ command = {cmd} }} }}\n")
-    assert_error(invoke("-c", str(path), "env", "-p", "p"), "did not finish within 0.5 s", "key 'env.T'")
+    assert_error(
+        invoke("-c", str(path), "env", "-p", "p"), "did not finish within 0.5 s", "key 'env.T'"
+    )
 
 
 def test_invalid_variable_names(write_profiles):

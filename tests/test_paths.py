@@ -29,5 +29,9 @@ def test_same_answers_as_platformdirs(monkeypatch, env):
     assert paths.user_cache_dir() == platformdirs.user_cache_dir("kai-run")
     assert paths.user_state_dir() == platformdirs.user_state_dir("kai-run")
     assert paths.user_log_dir() == platformdirs.user_log_dir("kai-run")
-    assert paths.user_config_file() == str(platformdirs.user_config_path("kai-run") / "profiles.toml")
-    assert paths.site_config_file() == str(platformdirs.site_config_path("kai-run") / "profiles.toml")
+    assert paths.user_config_file() == str(
+        platformdirs.user_config_path("kai-run") / "profiles.toml"
+    )
+    assert paths.site_config_file() == str(
+        platformdirs.site_config_path("kai-run") / "profiles.toml"
+    )
