@@ -70,18 +70,23 @@ profiles_app = typer.Typer(
     no_args_is_help=True,
     help="List, show and edit profiles.",
     rich_markup_mode=None,
+    epilog="Examples:\n\n  kai-run profiles list\n\n  kai-run profiles show corp --reveal\n\n"
+    "  kai-run profiles set corp https_proxy http://proxy.corp.example:3128",
 )
 config_app = typer.Typer(
     cls=TyperGroup,
     no_args_is_help=True,
     help="Where profiles are read from; check them.",
     rich_markup_mode=None,
+    epilog="Examples:\n\n  kai-run config path\n\n  kai-run config check --json",
 )
 sidecar_app = typer.Typer(
     cls=TyperGroup,
     no_args_is_help=True,
     help="Manage a profile's sidecar proxy in the background.",
     rich_markup_mode=None,
+    epilog="Examples:\n\n  kai-run sidecar start -p local-mitm\n\n"
+    "  kai-run sidecar status -p local-mitm\n\n  kai-run sidecar stop -p local-mitm",
 )
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(config_app, name="config")
@@ -219,8 +224,8 @@ def _plan(
 
     overrides = [parse_assignment(s) for s in sets]
     cfg = load_config(config, os.environ)
-    name, _ = select_profile_name(cfg, profile, os.environ)
-    prof = resolve_profile(cfg, name)
+    name, why = select_profile_name(cfg, profile, os.environ)
+    prof = resolve_profile(cfg, name, why)
     plan = build_plan(
         prof, os.environ, overrides=overrides, removals=unsets, resolve_secrets=resolve_secrets
     )
@@ -879,10 +884,23 @@ def config_check(
 
 def run_cli(argv: list[str]) -> int:
     """Run the typer app on argv and return the exit status."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
     command = typer.main.get_command(app)
     try:
-        # standalone mode: click prints usage errors and maps Abort/Ctrl+C to its exit codes.
-        command.main(args=argv, prog_name="kai-run", standalone_mode=True)
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    return 0
+        result = command.main(args=argv, prog_name="kai-run", standalone_mode=False)
+    except NoArgsIsHelpError as e:
+        e.show()  # `kai-run profiles` alone: the group's help, as click prints it
+        return 2
+    except UsageError as e:
+        # The same one-line form as kai-run's own errors, with the command's help as the hint.
+        where = e.ctx.command_path if e.ctx is not None else "kai-run"
+        return report(KaiRunError(e.format_message(), where, f"see `{where} --help`"))
+    except ClickException as e:
+        return report(KaiRunError(e.format_message(), hint="see `kai-run --help`"))
+    except (typer.Abort, KeyboardInterrupt):
+        sys.stderr.write("\nkai-run: interrupted\n")
+        return 130
+    except typer.Exit as e:
+        return int(e.exit_code or 0)
+    return result if isinstance(result, int) else 0

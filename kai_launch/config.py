@@ -114,7 +114,13 @@ def read_file(path: str, *, required: bool) -> dict[str, object] | None:
             ) from None
         return None
     except OSError as e:
-        raise ConfigError(f"cannot read profile file: {e.strerror}", path) from None
+        raise ConfigError(
+            f"cannot read profile file: {e.strerror}", path, "check the path and its permissions"
+        ) from None
+    if not os.path.isfile(path):
+        raise ConfigError(
+            "the profile file is not a regular file", path, "name the profiles.toml file itself"
+        )
     key = (_CACHE_VERSION, path, st.st_size, st.st_mtime_ns, st.st_ino)
     cache_path = _cache_path(path)
     cached = _cache_get(cache_path, key)
@@ -133,14 +139,16 @@ def parse_toml(path: str, text: str | None = None) -> dict[str, object]:
         if text is None:
             with open(path, "rb") as f:
                 raw = f.read()
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")  # a BOM some Windows editors add is not an error
         return tomllib.loads(text)
     except UnicodeDecodeError as e:
         raise ConfigError(
             f"profile file is not UTF-8 (byte {e.start})", path, "save the file as UTF-8"
         ) from None
     except OSError as e:
-        raise ConfigError(f"cannot read profile file: {e.strerror}", path) from None
+        raise ConfigError(
+            f"cannot read profile file: {e.strerror}", path, "check the path and its permissions"
+        ) from None
     except tomllib.TOMLDecodeError as e:
         what, where = _split_toml_error(str(e))
         raise ConfigError(
@@ -184,9 +192,11 @@ def _cache_put(cache_path: str, key: tuple[object, ...], data: dict[str, object]
     except ValueError:
         return  # TOML dates are not marshal-able; such a file is simply re-parsed each time
     try:
-        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+        # Private: the parsed file may hold plaintext values its owner keeps at 0600.
+        os.makedirs(os.path.dirname(cache_path), mode=0o700, exist_ok=True)
         tmp = f"{cache_path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "wb") as f:
             f.write(blob)
         os.replace(tmp, cache_path)
     except OSError:

@@ -92,6 +92,13 @@ class EnvPlan:
         self.clean_env = False
 
     def set(self, name: str, value: str, origin: str, *, secret: bool = False) -> None:
+        if "\x00" in value:
+            # No environment can hold a NUL: exec would fail with a bare ValueError.
+            raise ConfigError(
+                f"the value for {name} contains a NUL character",
+                origin,
+                "remove it from the value, the secret file or the secret command's output",
+            )
         self.removals.pop(name, None)
         self.assign[name] = Assignment(name, value, origin, secret=secret)
 
@@ -164,7 +171,8 @@ def build_plan(
         return resolve_secret(value, environ) if resolve_secrets else "***"
 
     for name in profile.unset:
-        plan.remove(name, f"unset in {profile.origins.get('unset', profile.path)}")
+        origin = profile.origins.get(f"unset[{name}]") or profile.origins.get("unset", profile.path)
+        plan.remove(name, f"unset in {origin}")
 
     _proxies(profile, environ, plan, secret)
     _trust(profile, environ, plan, bundles=bundles)
@@ -221,8 +229,10 @@ def _proxies(
         raw = getattr(profile, field)
         origin = profile.origins.get(field, profile.path)
         if raw is None:
+            # Set, but empty: every client reads an empty proxy variable as "no proxy", and
+            # a stale value in either spelling from the parent can no longer leak through.
             for name in names:
-                plan.remove(name, f"no {field} in profile '{profile.name}'")
+                plan.set(name, "", f"no {field} in profile '{profile.name}'")
             continue
         url = _proxy(raw, environ, f"{origin}, key '{field}'", plan, user, pw)
         resolved[field] = url

@@ -70,5 +70,6 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
     """A `did you mean 'x'?` hint, or None when nothing is close."""
     import difflib  # only on error paths: keeps the exec path lean
 
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    exact = [c for c in choices if c.lower() == word.lower()]
+    close = exact or difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None

@@ -13,8 +13,15 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 
-def command_error(argv0: str, error: OSError) -> LaunchError:
+def command_error(argv0: str, error: OSError, path: str | None = None) -> LaunchError:
     """The shell's answer to a command that cannot run: 127 not found, 126 not executable."""
+    if isinstance(error, FileNotFoundError) and _found_on_path(argv0, path):
+        return LaunchError(
+            f"cannot run {argv0}: its interpreter (#! line) was not found",
+            "command",
+            "fix the script's first line, or install the interpreter it names",
+            exit_code=EXIT_NOT_EXECUTABLE,
+        )
     if isinstance(error, FileNotFoundError):
         where = "not a file" if os.sep in argv0 else "searched the child's PATH"
         hint = "check the path" if os.sep in argv0 else "install it, or give its full path"
@@ -28,17 +35,39 @@ def command_error(argv0: str, error: OSError) -> LaunchError:
     )
 
 
+def _found_on_path(argv0: str, path: str | None) -> bool:
+    """True when the file exists (so ENOENT came from its #! interpreter)."""
+    if os.sep in argv0:
+        return os.path.isfile(argv0)
+    import shutil
+
+    return shutil.which(argv0, path=path) is not None
+
+
 def exec_command(argv: Sequence[str], env: Mapping[str, str]) -> int:
     """Replace kai-run with the command (POSIX) or run it and return its exit status (Windows)."""
     if os.name != "posix":
         return _run_windows(argv, env)
     sys.stdout.flush()
     sys.stderr.flush()
+    _restore_default_signals()
     try:
         os.execvpe(argv[0], list(argv), dict(env))
     except OSError as e:
-        raise command_error(argv[0], e) from None
+        raise command_error(argv[0], e, env.get("PATH")) from None
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _restore_default_signals() -> None:
+    """Undo what the interpreter did at start-up: it ignores SIGPIPE and SIGXFSZ, and an ignored
+    signal stays ignored across exec, so `kai-run -- yes | head -1` would see EPIPE instead of
+    dying quietly. subprocess does the same for its children (restore_signals=True)."""
+    import _signal  # type: ignore[import-not-found]  # `signal` would pull in enum: slower
+
+    for name in ("SIGPIPE", "SIGXFSZ"):
+        number = getattr(_signal, name, None)
+        if number is not None:
+            _signal.signal(number, _signal.SIG_DFL)
 
 
 def _run_windows(argv: Sequence[str], env: Mapping[str, str]) -> int:

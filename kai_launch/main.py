@@ -14,7 +14,7 @@ from kai_launch.errors import KaiRunError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from kai_launch.environ import EnvPlan
 
@@ -33,7 +33,17 @@ _FLAGS = {"--clean-env": "clean_env", "--debug": "debug", "--verbose": "verbose"
 class RunOptions:
     """What the command line asked for on the exec path."""
 
-    __slots__ = ("clean_env", "command", "config", "debug", "profile", "set", "unset", "verbose")
+    __slots__ = (
+        "changes",
+        "clean_env",
+        "command",
+        "config",
+        "debug",
+        "profile",
+        "set",
+        "unset",
+        "verbose",
+    )
 
     def __init__(self) -> None:
         self.profile: str | None = None
@@ -44,6 +54,25 @@ class RunOptions:
         self.debug = False
         self.verbose = False
         self.command: list[str] = []
+        self.changes: list[tuple[str, str]] = []  # ("set", "K=V") / ("unset", "K"), in order
+
+    def env_changes(
+        self, parse: Callable[[str], tuple[str, str]]
+    ) -> tuple[list[tuple[str, str]], list[str]]:
+        """--set/--unset as (overrides, removals); for one name the last on the line wins."""
+        final: dict[str, str | None] = {}
+        for kind, text in self.changes or [("set", s) for s in self.set] + [
+            ("unset", u) for u in self.unset
+        ]:
+            if kind == "set":
+                name, value = parse(text)
+                final.pop(name, None)
+                final[name] = value
+            else:
+                final.pop(text, None)
+                final[text] = None
+        overrides = [(k, v) for k, v in final.items() if v is not None]
+        return overrides, [k for k, v in final.items() if v is None]
 
 
 def parse_run_argv(argv: Sequence[str]) -> RunOptions | None:
@@ -71,6 +100,7 @@ def parse_run_argv(argv: Sequence[str]) -> RunOptions | None:
             key = _VALUE_OPTIONS[name]
             if key in ("set", "unset"):
                 getattr(opts, key).append(value)
+                opts.changes.append((key, value))
             else:
                 setattr(opts, key, value)
         elif arg in _FLAGS:
@@ -106,10 +136,10 @@ def run(opts: RunOptions) -> int:
     from kai_launch.profiles import resolve_profile, select_profile_name
 
     environ = os.environ
-    overrides = [parse_assignment(s) for s in opts.set]
+    overrides, removals = opts.env_changes(parse_assignment)
     config = load_config(opts.config, environ)
     name, why = select_profile_name(config, opts.profile, environ)
-    profile = resolve_profile(config, name)
+    profile = resolve_profile(config, name, why)
     command = opts.command or profile.command
     if not command:
         raise KaiRunError(
@@ -123,7 +153,7 @@ def run(opts: RunOptions) -> int:
             profile,
             environ,
             overrides=overrides,
-            removals=opts.unset,
+            removals=removals,
             clean_env=opts.clean_env,
             resolve_secrets=resolve_secrets,
             bundles=bundles,

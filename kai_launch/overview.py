@@ -22,6 +22,7 @@ class ProfileRow:
     description: str
     http_proxy: str | None
     https_proxy: str | None
+    all_proxy: str | None
     file: str
     scope: str
     error: str | None = None
@@ -63,7 +64,9 @@ def list_profiles(config: Config) -> list[ProfileRow]:
         try:
             p = resolve_profile(config, name)
         except KaiRunError as e:
-            rows.append(ProfileRow(name, "", None, None, cfile.path, cfile.scope, e.message()))
+            rows.append(
+                ProfileRow(name, "", None, None, None, cfile.path, cfile.scope, e.message())
+            )
             continue
         rows.append(
             ProfileRow(
@@ -71,6 +74,7 @@ def list_profiles(config: Config) -> list[ProfileRow]:
                 p.description,
                 redact_url(p.http_proxy) if p.http_proxy else None,
                 redact_url(p.https_proxy) if p.https_proxy else None,
+                redact_url(p.all_proxy) if p.all_proxy else None,
                 cfile.path,
                 cfile.scope,
             )
@@ -111,8 +115,11 @@ def describe_profile(profile: Profile, plan: EnvPlan, *, reveal: bool) -> Profil
             details.settings.append(
                 Entry(key, _shown(key, getattr(profile, key), reveal=reveal), origins[key])
             )
-    for entry in profile.ca_bundle:
-        details.settings.append(Entry("ca_bundle", entry.raw, entry.origin))
+    if profile.ca_bundle:
+        origins_seen = dict.fromkeys(e.origin for e in profile.ca_bundle)
+        details.settings.append(
+            Entry("ca_bundle", [e.raw for e in profile.ca_bundle], " + ".join(origins_seen))
+        )
     for table in ("proxy_auth", "env"):
         for sub, value in getattr(profile, table).items():
             key = f"{table}.{sub}"

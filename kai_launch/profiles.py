@@ -117,7 +117,8 @@ def _known_hint(config: Config, lead: str) -> str:
     return f"{lead}; known profiles: {', '.join(names)}"
 
 
-def resolve_profile(config: Config, name: str) -> Profile:
+def resolve_profile(config: Config, name: str, why: str | None = None) -> Profile:
+    """The effective profile `name`; `why` (e.g. "KAI_RUN_PROFILE") is named if it is unknown."""
     found = config.lookup(name)
     if found is None:
         from kai_launch.errors import did_you_mean
@@ -125,8 +126,9 @@ def resolve_profile(config: Config, name: str) -> Profile:
         names = config.profile_names()
         hint = did_you_mean(name, names)
         lead = f"{hint[:-1]}" if hint else "choose one with -p NAME"
+        source = f" (from {why})" if why and why != "--profile" else ""
         raise ProfileError(
-            f"unknown profile '{name}'", _where_files(config), _known_hint(config, lead)
+            f"unknown profile '{name}'{source}", _where_files(config), _known_hint(config, lead)
         )
     chain: list[tuple[str, int, ConfigFile]] = []
     seen: set[tuple[str, int]] = set()
@@ -147,6 +149,12 @@ def resolve_profile(config: Config, name: str) -> Profile:
         assert isinstance(parent, str)
         below = index if parent == current else None
         located = config.lookup(parent, below)
+        if located is None and parent == current:
+            raise ProfileError(
+                f"extends cycle: profile '{current}' extends itself",
+                f"{cfile.path}, profile '{current}', key 'extends'",
+                "a profile may extend one of the same name only in a lower file (site under user)",
+            )
         if located is None:
             raise ProfileError(
                 f"profile '{current}' extends unknown profile '{parent}'",
@@ -187,7 +195,10 @@ def _merge(profile: Profile, name: str, cfile: ConfigFile, body: dict[str, objec
             items = [value] if isinstance(value, str) else value
             assert isinstance(items, list)
             current: list[str] = getattr(profile, key)
-            setattr(profile, key, current + [i for i in items if i not in current])
+            added = [i for i in items if i not in current]
+            for item in added:
+                profile.origins[f"{key}[{item}]"] = origin
+            setattr(profile, key, current + added)
         elif key == "sidecar":
             assert isinstance(value, dict)
             profile.sidecar = dict(value)

@@ -35,13 +35,12 @@ def profiles_table(rows: list[ProfileRow], *, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for col in ("PROFILE", "DESCRIPTION", "HTTP_PROXY", "HTTPS_PROXY", "FILE"):
+    for col in ("PROFILE", "DESCRIPTION", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "FILE"):
         table.add_column(col, overflow="fold")
     for r in rows:
         desc = f"[red]error: {r.error}[/red]" if r.error else r.description
-        table.add_row(
-            r.name, desc, r.http_proxy or "-", r.https_proxy or "-", f"{r.file} ({r.scope})"
-        )
+        proxies = (r.http_proxy or "-", r.https_proxy or "-", r.all_proxy or "-")
+        table.add_row(r.name, desc, *proxies, f"{r.file} ({r.scope})")
     console().print(table)
 
 

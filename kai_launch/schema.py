@@ -174,10 +174,15 @@ def validate_document(data: Mapping[str, object], path: str) -> None:
         raise _fail(
             top.sub("default_profile"),
             f"default_profile must be a string, not {_type_name(default)}",
+            'write default_profile = "NAME"',
         )
     profiles = data.get("profiles", {})
     if not isinstance(profiles, dict):
-        raise _fail(top.sub("profiles"), "profiles must be a table ([profiles.NAME])")
+        raise _fail(
+            top.sub("profiles"),
+            "profiles must be a table",
+            "write each profile as a table: [profiles.NAME]",
+        )
     for name, body in profiles.items():
         where = Where(path, name)
         if not name.strip():
@@ -304,8 +309,14 @@ def check_secret_ref(value: object, where: Where) -> None:
         _check_str_list(arg, where.sub("command"))
         if not arg:
             raise _fail(where.sub("command"), "the command cannot be empty")
-    elif not isinstance(arg, str) or not arg:
-        raise _fail(where.sub(kind), f"expected a non-empty string, got {_type_name(arg)}")
+    elif not isinstance(arg, str):
+        raise _fail(
+            where.sub(kind), f"expected a string, got {_type_name(arg)}", f"write {example}"
+        )
+    elif not arg:
+        raise _fail(
+            where.sub(kind), f"the {kind} of a secret reference cannot be empty", f"write {example}"
+        )
     elif kind == "env":
         _check_var_name(arg, where.sub(kind))
 
@@ -348,7 +359,7 @@ def locate_line(path: str, profile: str | None, key: str | None) -> int | None:
     want_table = (["profiles", profile] if profile is not None else []) + key_parts[:-1]
     best: int | None = None
     for number, raw in enumerate(lines, 1):
-        line = raw.strip()
+        line = _strip_comment(raw).strip()
         if line.startswith("["):
             table = _split_dotted(line.strip("[]").strip())
             if profile is not None and table == ["profiles", profile] and best is None:
@@ -373,6 +384,20 @@ def locate_line(path: str, profile: str | None, key: str | None) -> int | None:
             if raw.strip().startswith(key_parts[0]):
                 return number
     return best
+
+
+def _strip_comment(line: str) -> str:
+    """The line without a trailing `# comment` (a `#` inside quotes is kept)."""
+    quote = ""
+    for i, c in enumerate(line):
+        if quote:
+            if c == quote:
+                quote = ""
+        elif c in "\"'":
+            quote = c
+        elif c == "#":
+            return line[:i]
+    return line
 
 
 def _split_dotted(text: str) -> list[str]:

@@ -13,6 +13,7 @@ from kai_launch.expand import expand_path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Mapping
 
 COMMAND_TIMEOUT = 10.0
@@ -76,9 +77,19 @@ def resolve_secret(ref: SecretRef, environ: Mapping[str, str]) -> str:
             raise SecretError(
                 f"secret file {path} does not exist", ref.where, "create it or fix the path"
             ) from None
+        except IsADirectoryError:
+            raise SecretError(
+                f"secret file {path} is a directory",
+                ref.where,
+                "name the file that holds the secret",
+            ) from None
         except (OSError, UnicodeDecodeError) as e:
             reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-            raise SecretError(f"cannot read secret file {path}: {reason}", ref.where) from None
+            raise SecretError(
+                f"cannot read secret file {path}: {reason}",
+                ref.where,
+                "check its permissions; a secret file holds UTF-8 text",
+            ) from None
         # Editors and `echo x > file` add a newline that is never part of the secret.
         return text.rstrip("\r\n")
     return _run_command(ref, environ)
@@ -91,49 +102,60 @@ def _run_command(ref: SecretRef, environ: Mapping[str, str]) -> str:
     argv = ref.arg
     shown = " ".join(argv)
     try:
-        done = subprocess.run(
+        # Its own session, so that a timeout ends everything it started, not just its leader.
+        proc = subprocess.Popen(
             argv,
             env=dict(environ),
             stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=COMMAND_TIMEOUT,
-            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=os.name == "posix",
         )
     except FileNotFoundError:
         raise SecretError(
             f"secret command not found: {argv[0]}", ref.where, "install it or fix the command"
         ) from None
     except PermissionError:
-        raise SecretError(f"secret command is not executable: {argv[0]}", ref.where) from None
+        raise SecretError(
+            f"secret command is not executable: {argv[0]}",
+            ref.where,
+            f"chmod +x {argv[0]}, or run it through its interpreter",
+        ) from None
+    try:
+        out, err = proc.communicate(timeout=COMMAND_TIMEOUT)
     except subprocess.TimeoutExpired:
+        _kill_tree(proc)
         raise SecretError(
             f"secret command `{shown}` did not finish within {COMMAND_TIMEOUT:g} s",
             ref.where,
             "run it by hand to see why it hangs (a login prompt?)",
         ) from None
-    if done.returncode != 0:
+    if proc.returncode != 0:
         # The command's stderr may help, but never its stdout: that would be the secret.
-        err = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        tail = f": {err[-1]}" if err else ""
+        lines = err.decode("utf-8", "replace").strip().splitlines()
+        tail = f": {lines[-1]}" if lines else ""
         raise SecretError(
-            f"secret command `{shown}` failed with exit status {done.returncode}{tail}",
+            f"secret command `{shown}` failed with exit status {proc.returncode}{tail}",
             ref.where,
             "run the command by hand to fix it",
         )
-    return done.stdout.decode("utf-8", "replace").strip()
-
-
-def resolve_all(values: dict[str, str | SecretRef], environ: Mapping[str, str]) -> dict[str, str]:
-    return {k: v if isinstance(v, str) else resolve_secret(v, environ) for k, v in values.items()}
-
-
-def redact_env_for(ref: SecretRef) -> str:
-    return f"*** ({ref.describe()})"
-
-
-def file_mode_is_open(path: str) -> bool:
-    """True when group or others can read `path` (used by `config check`)."""
     try:
-        return bool(os.stat(path).st_mode & 0o044)
-    except OSError:
-        return False
+        return out.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise SecretError(
+            f"secret command `{shown}` printed bytes that are not UTF-8 text",
+            ref.where,
+            "an environment variable holds text: encode the secret (base64, hex) or fix the command",
+        ) from None
+
+
+def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    if os.name == "posix":
+        import contextlib
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):  # it ended on its own meanwhile
+            os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.kill()
+    proc.communicate()

@@ -49,13 +49,13 @@ def test_env_sh_is_evaluable_and_only_has_changes(write_profiles):
     assert "PATH" not in result.stdout
     script = (
         result.stdout
-        + 'printf "%s|%s|%s" "$HTTPS_PROXY" "$OAUTH_CLIENT_SECRET" "${ALL_PROXY-unset}"'
+        + 'printf "%s|%s|%s" "$HTTPS_PROXY" "$OAUTH_CLIENT_SECRET" "${ALL_PROXY:-empty}"'
     )
     out = subprocess.run(
         ["bash", "-c", 'eval "$(cat)"'], input=script, capture_output=True, text=True, check=True,
         env={"PATH": os.environ["PATH"], "ALL_PROXY": "stale"},
     ).stdout  # fmt: skip
-    assert out == "http://jdoe:pw%27%24%60%5C@proxy.corp.example:3128|s|unset"
+    assert out == "http://jdoe:pw%27%24%60%5C@proxy.corp.example:3128|s|empty"
 
 
 @pytest.mark.parametrize("fmt", ["sh", "fish", "powershell", "dotenv", "json", "github"])
@@ -67,7 +67,8 @@ def test_env_formats(write_profiles, fmt):
     if fmt == "json":
         data = json.loads(result.stdout)
         assert data["set"]["HTTPS_PROXY"] == data["set"]["https_proxy"] == "http://p.example:1"
-        assert "HTTP_PROXY" in data["unset"]
+        assert data["set"]["HTTP_PROXY"] == data["set"]["http_proxy"] == ""
+        assert "OPENAI_PROXY" in data["unset"]
 
 
 def test_env_unknown_format(write_profiles):
@@ -106,7 +107,9 @@ def test_show_masks_secrets_and_names_origins(write_profiles):
         "origin": f"profile 'corp' ({path})",
     }
     assert data["settings"]["proxy_auth.password"]["value"] == "env: CORP_PROXY_PASSWORD"
-    assert "ALL_PROXY" in data["unset"]
+    assert variables["ALL_PROXY"]["value"] == ""
+    assert "no all_proxy" in variables["ALL_PROXY"]["origin"]
+    assert "OPENAI_PROXY" in data["unset"]
     # Showing does not need the secrets to be resolvable...
     assert invoke("-c", str(path), "profiles", "show", "corp").exit_code == 0
     # ...but --reveal resolves and shows them.

@@ -237,3 +237,77 @@ def test_errors_in_subprocess_have_no_traceback_but_debug_does(write_profiles, k
     run = kai_run("-c", str(path), "-p", "p", "--debug", "--", "true")
     assert run.returncode == 2
     assert "Traceback" in run.stderr and "kai-run: error:" in run.stderr
+
+
+def test_line_found_after_commented_table_header(write_profiles):
+    path = write_profiles('[profiles.a]   # the team profile\ndescription = "x"\ninsecure = "no"\n')
+    assert_error(invoke("-c", str(path), "env", "-p", "a"), "line 3", "key 'insecure'")
+    path = write_profiles(
+        "[profiles.a]\n\n[profiles.a.env]  # vars\nA = '1'\nX = [1]\n", name="b.toml"
+    )
+    assert_error(invoke("-c", str(path), "env", "-p", "a"), "line 5", "key 'env.X'")
+
+
+def test_self_extends_is_a_cycle(write_profiles):
+    path = write_profiles('[profiles.a]\nextends = "a"\n')
+    assert_error(invoke("-c", str(path), "env", "-p", "a"), "extends cycle", "extends itself")
+
+
+def test_secret_command_non_utf8_output(write_profiles):
+    cmd = f'["{sys.executable}", "-c", "import sys; sys.stdout.buffer.write(bytes([97, 255, 98]))"]'
+    path = write_profiles(f"[profiles.p]\nenv = {{ T = {{ command = {cmd} }} }}\n")
+    assert_error(invoke("-c", str(path), "env", "-p", "p"), "not UTF-8")
+
+
+def test_secret_command_timeout_kills_what_it_started(write_profiles, monkeypatch, tmp_path):
+    import os
+    import time
+
+    monkeypatch.setattr(secrets, "COMMAND_TIMEOUT", 0.5)
+    marker = tmp_path / "grandchild.pid"
+    script = tmp_path / "slow.py"
+    script.write_text(
+        "import subprocess, time\n"
+        "p = subprocess.Popen(['sleep', '30'])\n"
+        f"open({str(marker)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(30)\n"
+    )
+    path = write_profiles(
+        f'[profiles.p]\nenv = {{ T = {{ command = ["{sys.executable}", "{script}"] }} }}\n'
+    )
+    assert_error(invoke("-c", str(path), "env", "-p", "p"), "did not finish within 0.5 s")
+    pid = int(marker.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split()[2] == "Z":  # killed, waiting for init to reap it
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the secret command's child outlived the timeout")
+    assert os.path.exists(marker)
+
+
+def test_unknown_profile_from_environment_says_so(write_profiles):
+    path = write_profiles("[profiles.a]\n")
+    result = invoke("-c", str(path), "env", env={"KAI_RUN_PROFILE": "zzz"})
+    assert_error(result, "unknown profile 'zzz' (from KAI_RUN_PROFILE)")
+
+
+def test_uppercase_key_gets_did_you_mean(write_profiles):
+    path = write_profiles('[profiles.a]\nNO_PROXY = ["x"]\n')
+    result = invoke("-c", str(path), "env", "-p", "a")
+    assert_error(result, "unknown key 'NO_PROXY'")
+    assert "did you mean 'no_proxy'?" in result.stderr
+
+
+def test_usage_errors_use_the_same_form(kai_run):
+    run = kai_run("profiles", "show", "--bogus")
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [
+        "kai-run: error: No such option: --bogus (kai-run profiles show)",
+        "  hint: see `kai-run profiles show --help`",
+    ]

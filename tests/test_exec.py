@@ -54,6 +54,9 @@ CORP = """
 """
 
 
+PROXY_NAMES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "kai_run_profile")
+
+
 def child_view(
     kai_run, config: Path, *args: str, urls: list[str], env: dict[str, str] | None = None
 ):
@@ -100,7 +103,8 @@ def test_child_sees_proxies_no_proxy_and_secrets(kai_run, write_profiles):
     assert env["NO_PROXY"] == (
         "localhost,127.0.0.1,::1,internal-llm.corp.example,svc.corp.example,lab.example"
     )
-    assert "ALL_PROXY" not in env and "all_proxy" not in env
+    # Absent from the profile: set, empty, in both spellings (the stale parent value is gone).
+    assert env["ALL_PROXY"] == env["all_proxy"] == ""
     assert "AWS_PROFILE" not in env
     assert env["OAUTH_CLIENT_SECRET"] == "s3cret"
     assert env["OAUTH_CLIENT_ID"] == "kai-ide"
@@ -245,9 +249,7 @@ def test_clean_env_keeps_only_basics(kai_run, write_profiles):
     extra = {
         k
         for k in env
-        if k not in allowed
-        and not k.startswith("LC_")
-        and k not in ("NO_PROXY", "no_proxy", "KAI_RUN_PROFILE")
+        if k not in allowed and not k.startswith("LC_") and k.lower() not in PROXY_NAMES
     }
     # Python itself may add a couple of variables of its own to a child's view; none of the parent's.
     assert extra <= {"PYTHONPATH", "__PYVENV_LAUNCHER__", "LC_CTYPE"}, extra
@@ -434,3 +436,82 @@ def test_parse_cache_is_invalidated_when_the_file_changes(kai_run, write_profile
     config.write_text('[profiles.x]\nenv = { V = "two" }\nbogus = 1\n')
     run = kai_run("-c", str(config), "-p", "x", "--", *show)
     assert run.returncode == 2 and "unknown key 'bogus'" in run.stderr
+
+
+def test_child_gets_default_sigpipe(kai_run, write_profiles):
+    """Python ignores SIGPIPE; an exec'd child must not inherit that (`yes | head` must end quietly)."""
+    config = write_profiles(CORP)
+    proc = subprocess.run(
+        f"{sys.executable} -m kai_launch -c {config} -p base -- yes | head -1; "
+        'echo "status=${PIPESTATUS[0]}"',
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.stdout.splitlines() == ["y", "status=141"], proc
+    assert "Broken pipe" not in proc.stderr
+
+
+def test_nul_in_value_is_a_clean_error(kai_run, write_profiles):
+    config = write_profiles('[profiles.p]\nenv = { X = "a\\u0000b" }\n')
+    run = kai_run("-c", str(config), "-p", "p", "--", "true")
+    assert run.returncode == 2
+    assert run.stderr.startswith("kai-run: error: the value for X contains a NUL character")
+    assert "Traceback" not in run.stderr
+
+
+def test_last_of_set_and_unset_wins(kai_run, write_profiles):
+    config = write_profiles("[profiles.p]\n")
+    code = "import os; print(os.environ.get('X', 'absent'))"
+    run = kai_run(
+        "-c",
+        str(config),
+        "-p",
+        "p",
+        "--unset",
+        "X",
+        "--set",
+        "X=1",
+        "--",
+        sys.executable,
+        "-c",
+        code,
+    )
+    assert run.stdout == "1\n"
+    run = kai_run(
+        "-c",
+        str(config),
+        "-p",
+        "p",
+        "--set",
+        "X=1",
+        "--unset",
+        "X",
+        "--",
+        sys.executable,
+        "-c",
+        code,
+    )
+    assert run.stdout == "absent\n"
+
+
+def test_missing_shebang_interpreter_is_126(kai_run, write_profiles, tmp_path):
+    config = write_profiles(CORP)
+    script = tmp_path / "s.sh"
+    script.write_text("#!/no/such/interpreter\n")
+    script.chmod(0o755)
+    run = kai_run("-c", str(config), "-p", "base", "--", str(script))
+    assert run.returncode == 126
+    assert "interpreter" in run.stderr
+
+
+def test_parse_cache_is_private(kai_run, write_profiles):
+    config = write_profiles('[profiles.p]\nenv = { PASSWORD = "plain" }\n')
+    config.chmod(0o600)
+    assert kai_run("-c", str(config), "-p", "p", "--", "true").returncode == 0
+    cache = Path(os.environ["XDG_CACHE_HOME"]) / "kai-run" / "parsed"
+    assert cache.stat().st_mode & 0o077 == 0
+    for entry in cache.iterdir():
+        assert entry.stat().st_mode & 0o077 == 0
