@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 
 from kai_launch import __version__
 from kai_launch.errors import KaiRunError
-from kai_launch.main import report
+from kai_launch.main import report, secret_reference, show_edit
 
 EPILOG_MAIN = """\
 Examples:
@@ -523,9 +523,7 @@ def _edit_target(ctx: typer.Context, config: str | None, site: bool) -> Any:
 
 
 def _edited(result: Any) -> None:
-    _warn(result.warnings)
-    state = "" if result.changed else "unchanged: "
-    typer.echo(f"{state}{result.summary} ({result.path})")
+    show_edit(result)
 
 
 @app.command("init")
@@ -663,7 +661,7 @@ def profiles_set(
     """
     from kai_launch.edit import set_value
 
-    secret = _secret_ref(secret_env, secret_file, secret_command)
+    secret = secret_reference(secret_env, secret_file, secret_command)
     if secret is not None and value is not None:
         raise KaiRunError(
             "give either a value or a secret reference, not both",
@@ -674,36 +672,6 @@ def profiles_set(
         _edit_target(ctx, config, site), name, key, value, secret=secret, cwd=os.getcwd()
     )
     _edited(result)
-
-
-def _secret_ref(
-    env: str | None, file: str | None, command: str | None
-) -> tuple[str, str | list[str]] | None:
-    given = [(k, v) for k, v in (("env", env), ("file", file), ("command", command)) if v]
-    if len(given) > 1:
-        raise KaiRunError(
-            "give one of --secret-env, --secret-file, --secret-command", "command line"
-        )
-    if not given:
-        return None
-    kind, arg = given[0]
-    assert arg is not None
-    if kind != "command":
-        return kind, arg
-    import json
-    import shlex
-
-    try:
-        argv = json.loads(arg) if arg.lstrip().startswith("[") else shlex.split(arg)
-    except ValueError as e:
-        raise KaiRunError(f"cannot read --secret-command: {e}", "command line") from None
-    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-        raise KaiRunError(
-            "--secret-command needs a command",
-            "command line",
-            'e.g. --secret-command "gh auth token"',
-        )
-    return kind, argv
 
 
 @profiles_app.command("unset", epilog=EDIT_EPILOG)

@@ -16,6 +16,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from kai_launch.edit import EditResult
     from kai_launch.environ import EnvPlan
 
 # Options accepted before `--` (and before a subcommand). Anything else hands over to typer.
@@ -182,8 +183,111 @@ def run(opts: RunOptions) -> int:
     return exec_command(command, env)
 
 
+def secret_reference(
+    env: str | None, file: str | None, command: str | None
+) -> tuple[str, str | list[str]] | None:
+    """`--secret-env/--secret-file/--secret-command` as a ("env"|"file"|"command", arg) pair."""
+    given = [(k, v) for k, v in (("env", env), ("file", file), ("command", command)) if v]
+    if len(given) > 1:
+        raise KaiRunError(
+            "give one of --secret-env, --secret-file, --secret-command",
+            "command line",
+            "a key holds one secret reference",
+        )
+    if not given:
+        return None
+    kind, arg = given[0]
+    assert arg is not None
+    if kind != "command":
+        return kind, arg
+    import json
+    import shlex
+
+    try:
+        argv = json.loads(arg) if arg.lstrip().startswith("[") else shlex.split(arg)
+    except ValueError as e:
+        raise KaiRunError(
+            f"cannot read --secret-command: {e}",
+            "command line",
+            'e.g. --secret-command "gh auth token"',
+        ) from None
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise KaiRunError(
+            "--secret-command needs a command",
+            "command line",
+            'e.g. --secret-command "gh auth token"',
+        )
+    return kind, argv
+
+
+def show_edit(result: EditResult) -> None:
+    """What every editing command prints: warnings on stderr, one line on stdout."""
+    warn(result.warnings)
+    state = "" if result.changed else "unchanged: "
+    sys.stdout.write(f"{state}{result.summary} ({result.path})\n")
+
+
+_SET_OPTIONS = {"--secret-env", "--secret-file", "--secret-command", "-c", "--config"}
+
+
+def profiles_set(args: Sequence[str]) -> int | None:
+    """`[-c F] profiles set NAME KEY [VALUE] [options]` without typer (whose import alone costs
+    more than the edit); None hands anything unusual (--help, a typo) to typer."""
+    if "--help" in args or "-h" in args:
+        return None
+    values: dict[str, str] = {}
+    positional: list[str] = []
+    site = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, eq, inline = arg.partition("=")
+        if arg == "--site":
+            site = True
+        elif name in _SET_OPTIONS and (eq or i + 1 < len(args)):
+            if not eq:
+                i += 1
+                inline = args[i]
+            values["--config" if name == "-c" else name] = inline
+        elif arg.startswith("-") and arg != "-" and not positional[2:]:
+            return None
+        else:
+            positional.append(arg)
+        i += 1
+    if positional[:2] != ["profiles", "set"] or not 4 <= len(positional) <= 5:
+        return None
+    from kai_launch.edit import edit_target, set_value
+
+    _, _, profile, key, *rest = positional
+    try:
+        secret = secret_reference(
+            values.get("--secret-env"), values.get("--secret-file"), values.get("--secret-command")
+        )
+        if secret is not None and rest:
+            raise KaiRunError(
+                "give either a value or a secret reference, not both",
+                "command line",
+                f"kai-run profiles set {profile} {key} --secret-env VAR",
+            )
+        if secret is None and not rest:
+            return None  # let typer say what is missing
+        target = edit_target(values.get("--config"), os.environ, site=site)
+        show_edit(
+            set_value(
+                target, profile, key, rest[0] if rest else None, secret=secret, cwd=os.getcwd()
+            )
+        )
+    except KaiRunError as e:
+        return report(e)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if "profiles" in args[:3] and "set" in args[:4]:
+        done = profiles_set(args)
+        if done is not None:
+            return done
     opts = parse_run_argv(args)
     if opts is None:
         from kai_launch.cli import run_cli
