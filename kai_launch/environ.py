@@ -261,7 +261,7 @@ def _proxies(
             continue
         plan.warnings.append(
             f"NO_PROXY entry {cidr} is a CIDR range: curl, Go, requests and httpx2 honour it, but "
-            "httpx (langchain, openai SDK 1.x/2.x) ignores it and uses the proxy"
+            "httpx (langchain, openai SDK 1.x/2.x) and urllib ignore it and use the proxy"
         )
 
     openai = profile.openai_proxy

@@ -6,7 +6,7 @@
 - duplicates dropped, and `localhost,127.0.0.1,::1` always present, so a local model is never sent
   to the proxy;
 - a CIDR entry is kept (Go, curl, requests and httpx2 honour it) but warned about: httpx (langchain,
-  openai SDK 1.x/2.x) does not, and sends such traffic to the proxy.
+  openai SDK 1.x/2.x) and urllib do not, and send such traffic to the proxy.
 """
 
 from __future__ import annotations
