@@ -56,12 +56,15 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
 
 
 def kai_argv(profile: str) -> list[str]:
-    return [sys.executable, "-m", "kai_launch", "-c", EXAMPLE, "-p", profile, "--", "true"]
+    # The console script users run; `python -m kai_launch` when it is not installed next to python.
+    script = os.path.join(os.path.dirname(sys.executable), "kai-run")
+    launcher = [script] if os.path.exists(script) else [sys.executable, "-m", "kai_launch"]
+    return [*launcher, "-c", EXAMPLE, "-p", profile, "--", "true"]
 
 
 def imported_modules(argv: list[str], env: dict[str, str]) -> set[str]:
     proc = subprocess.run(
-        [argv[0], "-X", "importtime", *argv[1:]],
+        [sys.executable, "-X", "importtime", "-m", "kai_launch", *argv[argv.index("-c") :]],
         env=env,
         capture_output=True,
         text=True,
