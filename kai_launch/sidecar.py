@@ -18,7 +18,12 @@ If kai-run dies without stopping it (SIGKILL, a crash), the sidecar must not out
   `taskkill /T /F` after the grace period) and exit codes, but no watchdog: a sidecar whose
   kai-run was killed hard keeps running until ended by hand (`taskkill /T /F /PID <pid>`).
 A sidecar started with `kai-run sidecar start` is meant to outlive kai-run: no watchdog, no
-PDEATHSIG; a state file in the user state dir remembers its pid.
+PDEATHSIG; a state file in the user state dir remembers its pid. A supervised sidecar has a state
+file too (sidecars/supervised/), only so that a second run of the profile can say who holds the
+port; kai-run removes it when it stops the sidecar.
+
+Logs and state files are created 0600 in 0700 directories: a sidecar's log holds what its addons
+print, tokens included.
 """
 
 from __future__ import annotations
@@ -247,6 +252,35 @@ def state_path_for(profile: str) -> str:
     return os.path.join(user_state_dir(), "sidecars", f"{_slug(profile)}.json")
 
 
+def _supervised_dir() -> str:
+    # A subfolder: _all_states() (background sidecars) only reads the *.json files next to it.
+    return os.path.join(user_state_dir(), "sidecars", "supervised")
+
+
+def _private_dir(path: str) -> None:
+    """Create `path` readable by its owner alone, or take that back from an existing one.
+
+    Only kai-run's own folders come here (the log folder, sidecars/), never a user's.
+    """
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if _IS_POSIX:
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_mode & 0o077:
+                os.chmod(path, 0o700)
+
+
+def _open_private(path: str) -> int:
+    """Open `path` for writing, emptied, mode 0600 even if it existed with a wider one."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    if _IS_POSIX:
+        try:
+            os.fchmod(fd, 0o600)
+        except OSError:
+            os.close(fd)
+            raise
+    return fd
+
+
 def log_tail(log_path: str, lines: int = LOG_TAIL_LINES) -> list[str]:
     try:
         with open(log_path, "rb") as f:
@@ -364,15 +398,32 @@ def check_address_free(spec: SidecarSpec) -> None:
     if not accepts(spec.host, spec.port):
         return
     holder = "another program"
+    hint = (
+        "stop what listens there (`kai-run sidecar status -p NAME` shows background sidecars), "
+        "or move the sidecar to another port (sidecar.command, sidecar.ready, the proxy URLs)"
+    )
     for state in _all_states():
         if state.address == spec.address and state.alive():
             holder = f"the background sidecar of profile '{state.profile}' (pid {state.pid})"
             break
+    else:
+        for state in _supervised_states():
+            if state.address == spec.address:
+                holder = (
+                    f"the sidecar that another kai-run (pid {state.supervisor}) runs for "
+                    f"profile '{state.profile}' (sidecar pid {state.pid})"
+                )
+                hint = (
+                    f"each `kai-run -p {state.profile} -- cmd` starts a sidecar of its own, which "
+                    "holds the port until that command ends; to share one sidecar between runs, "
+                    "start it in the background once that run is over: "
+                    f"kai-run sidecar start -p {state.profile}"
+                )
+                break
     raise SidecarError(
         f"{spec.address} is already in use by {holder}; the sidecar was not started",
         f"{spec.where}, key 'sidecar.ready'",
-        "stop what listens there (`kai-run sidecar status -p NAME` shows background sidecars), "
-        "or move the sidecar to another port (sidecar.command, sidecar.ready, the proxy URLs)",
+        hint,
     )
 
 
@@ -390,8 +441,8 @@ def start(spec: SidecarSpec, log_path: str, *, detach: bool = False) -> subproce
     detach=False (supervised): on Linux it also gets PR_SET_PDEATHSIG; see Watchdog for the rest.
     detach=True: it is meant to outlive kai-run (`kai-run sidecar start`).
     """
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    with open(log_path, "wb") as log:
+    _private_dir(os.path.dirname(log_path))
+    with os.fdopen(_open_private(log_path), "wb") as log:
         log.write(f"kai-run: sidecar of profile '{spec.profile}': {_shown(spec.argv)}\n".encode())
         log.flush()
         try:
@@ -686,7 +737,15 @@ class Watchdog:
 class RunningSidecar:
     """A sidecar that serves: the one kai-run started, or a background one it found running."""
 
-    __slots__ = ("background", "log_path", "proc", "ready_seconds", "spec", "watchdog")
+    __slots__ = (
+        "background",
+        "log_path",
+        "proc",
+        "ready_seconds",
+        "spec",
+        "state_path",
+        "watchdog",
+    )
 
     def __init__(
         self,
@@ -704,6 +763,7 @@ class RunningSidecar:
         self.background = background
         self.watchdog = watchdog
         self.ready_seconds = ready_seconds
+        self.state_path: str | None = None  # sidecars/supervised/*.json, removed by stop()
 
     @property
     def pid(self) -> int:
@@ -731,6 +791,29 @@ class RunningSidecar:
         finally:
             if self.watchdog is not None:
                 self.watchdog.disarm()
+            if self.state_path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.state_path)
+                self.state_path = None
+
+    def record(self) -> None:
+        """Leave a state file saying which kai-run runs this sidecar (see check_address_free)."""
+        assert self.proc is not None
+        state = SidecarState(
+            self.spec.profile,
+            self.proc.pid,
+            self.spec.address,
+            self.log_path,
+            self.spec.argv,
+            time.time(),
+            _start_token(self.proc.pid),
+            supervisor=os.getpid(),
+        )
+        path = os.path.join(_supervised_dir(), f"{_slug(self.spec.profile)}-{self.proc.pid}.json")
+        _supervised_states()  # removes the files of supervisors killed with SIGKILL
+        # Only a better error message for somebody else depends on it: never fail the run.
+        with contextlib.suppress(OSError):
+            self.state_path = _write_state(state, path)
 
 
 def start_supervised(
@@ -769,6 +852,7 @@ def start_supervised(
     try:
         if watchdog is not None:
             watchdog.arm(proc.pid)
+        running.record()
         if notify:
             notify(f"sidecar of profile '{spec.profile}' started (pid {proc.pid}); log: {log_path}")
         running.ready_seconds = wait_ready(spec, proc, log_path)
@@ -808,9 +892,19 @@ def running_sidecar(
 
 
 class SidecarState:
-    """What the state file of a background sidecar records."""
+    """What the state file of a background (or supervised) sidecar records."""
 
-    __slots__ = ("address", "argv", "log_path", "path", "pid", "profile", "started", "token")
+    __slots__ = (
+        "address",
+        "argv",
+        "log_path",
+        "path",
+        "pid",
+        "profile",
+        "started",
+        "supervisor",
+        "token",
+    )
 
     def __init__(
         self,
@@ -822,6 +916,7 @@ class SidecarState:
         started: float,
         token: str | None,
         path: str = "",
+        supervisor: int | None = None,
     ) -> None:
         self.profile = profile
         self.pid = pid
@@ -831,6 +926,7 @@ class SidecarState:
         self.started = started
         self.token = token  # the process's start time (Linux), to tell a reused pid apart
         self.path = path
+        self.supervisor = supervisor  # the kai-run that supervises it; None: in the background
 
     def alive(self) -> bool:
         """The recorded process still runs, and is the one kai-run started."""
@@ -857,6 +953,7 @@ class SidecarState:
                 "argv": self.argv,
                 "started": self.started,
                 "token": self.token,
+                "supervisor": self.supervisor,
             },
             indent=2,
         )
@@ -885,6 +982,7 @@ def _load_state(path: str) -> SidecarState | None:
             float(data["started"]),
             None if data.get("token") is None else str(data["token"]),
             path,
+            None if data.get("supervisor") is None else int(data["supervisor"]),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -898,6 +996,27 @@ def _all_states() -> list[SidecarState]:
         return []
     found = (_load_state(os.path.join(folder, n)) for n in names if n.endswith(".json"))
     return [s for s in found if s is not None]
+
+
+def _supervised_states() -> list[SidecarState]:
+    """The sidecars other kai-runs supervise now; files left by a killed kai-run are removed."""
+    folder = _supervised_dir()
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    states = []
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(folder, name)
+        state = _load_state(path)
+        if state is not None and state.alive():
+            states.append(state)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    return states
 
 
 def read_state(profile: str) -> SidecarState | None:
@@ -939,13 +1058,17 @@ class SidecarStatus:
         self.ready_seconds = ready_seconds
 
 
-def _write_state(state: SidecarState) -> None:
-    path = state_path_for(state.profile)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+def _write_state(state: SidecarState, path: str | None = None) -> str:
+    path = path or state_path_for(state.profile)
+    folder = os.path.dirname(path)
+    if state.supervisor is not None:  # makedirs would create sidecars/ with the umask's mode
+        _private_dir(os.path.dirname(folder))
+    _private_dir(folder)
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with os.fdopen(_open_private(tmp), "w", encoding="utf-8") as f:
         f.write(state.to_json())
     os.replace(tmp, path)
+    return path
 
 
 def start_background(profile: Profile, environ: Mapping[str, str]) -> SidecarStatus:

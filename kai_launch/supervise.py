@@ -5,10 +5,23 @@ child's environment (its CA may be a file the sidecar writes on first start), ru
 with inherited stdio, forward signals to it, and stop the sidecar when it ends.
 
 - Exit status: exactly the child's; killed by signal N gives 128+N.
-- SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 reach the child every time. The child
-  stays in kai-run's process group, so when that group is the foreground of kai-run's terminal,
-  a Ctrl+C (SIGINT) or Ctrl+\\ (SIGQUIT) from the keyboard already reached the child: kai-run does
-  not send it again. A signal that kai-run inherited as ignored stays ignored, for both.
+- SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to kai-run reach the child every
+  time. The child stays in kai-run's process group, so what the kernel sends to that whole group
+  (the terminal's Ctrl+C and Ctrl+\\, the SIGHUP when the session's leader exits) reached the
+  child already: kai-run does not send it again. A signal that kai-run inherited as ignored
+  stays ignored, for both.
+- Linux: while the child runs, kai-run blocks these signals (and SIGCHLD) and takes them with
+  sigtimedwait(), whose siginfo tells who sent each one: si_code SI_KERNEL for the kernel (a
+  terminal), SI_USER, SI_QUEUE or SI_TKILL for kill(), sigqueue() and tkill(). Only a kernel's
+  signal is left alone, and only while the child is still in kai-run's process group (a child
+  that moved to a group of its own did not get it). The exception is SIGHUP to kai-run as a
+  session leader: a terminal's hang-up goes to the leader alone. The child starts with the
+  signal mask kai-run had before (exec would keep the blocked one) and default dispositions.
+- macOS and the other POSIX systems (Python has no sigtimedwait on macOS): plain signal handlers,
+  which cannot see the sender. A SIGINT or SIGQUIT that comes while kai-run is the foreground
+  process group of its terminal is taken for the keyboard's and not repeated, so one sent with
+  kill() to kai-run's pid alone is lost then; send it to the process group (`kill -INT -PGID`)
+  or use SIGTERM. Without a terminal every signal is forwarded.
 - Before the child runs, SIGINT, SIGTERM, SIGHUP and SIGQUIT abort: the sidecar is stopped and
   kai-run exits with 128+N. SIGUSR1 and SIGUSR2 are ignored then: there is nobody to tell yet,
   and delivering them later would kill a child that has not yet installed its handlers.
@@ -45,6 +58,19 @@ _KEYBOARD = frozenset(getattr(signal, n) for n in ("SIGINT", "SIGQUIT") if hasat
 _ABORT = frozenset(
     getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, n)
 )
+# Linux's si_code for a signal the kernel generated (<asm-generic/siginfo.h>); kill() gives
+# SI_USER (0), sigqueue() SI_QUEUE (-1), tkill() and tgkill() SI_TKILL (-6). Other systems
+# number their codes differently: they keep the signal handlers (see the module docstring).
+_SI_KERNEL = 0x80
+_SIGWAIT = (
+    sys.platform.startswith("linux")
+    and hasattr(signal, "sigtimedwait")
+    and hasattr(signal, "pthread_sigmask")
+)
+# No SIGCHLD tells of a background sidecar's end (it is not our child): look this often.
+_BACKGROUND_LOOK = 0.5
+# With our own sidecar, SIGCHLD wakes the wait up; the timeout is only a safety net.
+_WAKE_UP = 5.0
 
 
 def _say(message: str) -> None:
@@ -59,7 +85,12 @@ class _Aborted(Exception):
 
 
 class _Forwarder:
-    """Signal handlers that pass signals on to the child (see the module docstring)."""
+    """Passes signals on to the child (see the module docstring).
+
+    Before the child exists, and on systems without sigtimedwait, signal handlers do the work.
+    On Linux, block() holds the signals pending from just before the child is started; the wait
+    loop takes them with their siginfo and calls forward().
+    """
 
     def __init__(self) -> None:
         self.child: subprocess.Popen[bytes] | None = None
@@ -68,16 +99,19 @@ class _Forwarder:
         self.done = False
         self.pending: list[int] = []
         self.saved: dict[int, object] = {}
+        self.blocked: frozenset[int] = frozenset()  # what block() blocked; empty: not blocked
+        self._old_mask: set[int | signal.Signals] | None = None
         self._tty: int | None = None
 
     def install(self) -> None:
         if not _IS_POSIX:
             return
-        try:
-            # O_NOCTTY: only look at the terminal kai-run already has, never acquire one.
-            self._tty = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
-        except OSError:
-            self._tty = None  # no controlling terminal: every signal came from kill()
+        if not _SIGWAIT:
+            try:
+                # O_NOCTTY: only look at the terminal kai-run already has, never acquire one.
+                self._tty = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+            except OSError:
+                self._tty = None  # no controlling terminal: every signal came from kill()
         for sig in FORWARDED:
             previous = signal.getsignal(sig)
             if previous == signal.SIG_IGN:
@@ -86,6 +120,7 @@ class _Forwarder:
             signal.signal(sig, self._handle)
 
     def restore(self) -> None:
+        self.unblock()
         for sig, handler in self.saved.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
         self.saved.clear()
@@ -93,8 +128,63 @@ class _Forwarder:
             os.close(self._tty)
             self._tty = None
 
+    # --- Linux: blocked signals, taken with their siginfo -----------------------------------
+
+    def block(self) -> None:
+        """From now on the forwarded signals and SIGCHLD stay pending until the wait takes them."""
+        if not _SIGWAIT:
+            return
+        blocked = frozenset({*self.saved, signal.SIGCHLD})
+        self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        self.blocked = blocked
+
+    def unblock(self) -> None:
+        """What is still pending goes to the handlers, which ignore it once `done` is set."""
+        if self._old_mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
+            self._old_mask = None
+            self.blocked = frozenset()
+
+    def child_preexec(self) -> None:
+        """In the child, before exec: kai-run's mask as it was, and default dispositions.
+
+        exec keeps the signal mask, so without this the command would start with the
+        forwarded signals blocked. A signal already pending (a Ctrl+C typed while it starts)
+        then acts as it would on the command before it set up handlers, not on kai-run's.
+        """
+        for sig in self.saved:
+            signal.signal(sig, signal.SIG_DFL)
+        if self._old_mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
+
+    def forward(self, info: signal.struct_siginfo) -> None:
+        """A signal taken by sigtimedwait() while the child runs."""
+        child = self.child
+        if child is None or self.done:
+            return
+        if info.si_code == _SI_KERNEL and self._group_got_it(info.si_signo, child):
+            return
+        self._send(child, info.si_signo)
+
+    @staticmethod
+    def _group_got_it(signum: int, child: subprocess.Popen[bytes]) -> bool:
+        """Whether a signal from the kernel went to the child too: to our whole group."""
+        if signum == signal.SIGHUP and os.getsid(0) == os.getpid():
+            return False  # a terminal's hang-up goes to the session leader alone
+        try:
+            # Unreaped (the wait uses WNOWAIT): the pid is still the child's.
+            return os.getpgid(child.pid) == os.getpgrp()
+        except OSError:
+            return False
+
+    # --- signal handlers: before the child exists, and where there is no sigtimedwait -------
+
     def _terminal_sent_it(self) -> bool:
-        """Whether a keyboard signal came from the terminal, and so reached the child already."""
+        """Whether a keyboard signal came from the terminal, and so reached the child already.
+
+        A guess (macOS): kai-run is the terminal's foreground group. On Linux _tty stays None:
+        a signal handled here came before the child existed, so it cannot have reached it.
+        """
         if self._tty is None:
             return False
         try:
@@ -149,7 +239,8 @@ def run_with_sidecar(
     env is the child's environment, or a function that builds it: called once the sidecar is
     ready, so that a CA file the sidecar writes on its first start can go into the bundle.
     Raises SidecarError (exit 2) for sidecar failures and LaunchError (126, 127) when the
-    command cannot run; the sidecar is stopped in every case.
+    command cannot run; the sidecar is stopped in every case. Call it from the main thread of
+    a program that runs no other threads: on Linux the signals are blocked in this thread only.
     """
     spec = SidecarSpec.from_profile(profile, environ)
     forwarder = _Forwarder()
@@ -176,19 +267,30 @@ def _run_child(
 ) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
-    forwarder.spawning = True
     try:
-        child = subprocess.Popen(list(command), env=dict(env))
-    except OSError as e:
-        raise command_error(command[0], e) from None
-    forwarder.child = child
-    forwarder.flush_pending()
-    if _IS_POSIX and hasattr(os, "waitid") and sidecar.proc is not None:
-        _wait_posix(child, sidecar)
-    else:
-        _wait_polling(child, sidecar)
-    returncode = child.wait()
-    forwarder.done = True
+        # Blocked before the fork: no signal meant for the child slips between. A handler may
+        # still run for one that came just before; it aborts, or (spawning) waits for the pid.
+        forwarder.block()
+        forwarder.spawning = True
+        try:
+            child = subprocess.Popen(
+                list(command),
+                env=dict(env),
+                # Only with blocked signals: preexec_fn costs the fast vfork() path.
+                preexec_fn=forwarder.child_preexec if forwarder.blocked else None,  # noqa: PLW1509
+            )
+        except OSError as e:
+            raise command_error(command[0], e) from None
+        forwarder.child = child
+        forwarder.flush_pending()
+        if _IS_POSIX and hasattr(os, "waitid") and (forwarder.blocked or sidecar.proc is not None):
+            _wait_posix(child, sidecar, forwarder)
+        else:
+            _wait_polling(child, sidecar)
+        returncode = child.wait()
+    finally:
+        forwarder.done = True
+        forwarder.unblock()
     return exit_status(returncode)
 
 
@@ -199,43 +301,80 @@ def _sidecar_died(sidecar: RunningSidecar, how: str) -> None:
     )
 
 
-def _wait_posix(child: subprocess.Popen[bytes], sidecar: RunningSidecar) -> None:
-    """Block until the child exits, hearing about the sidecar's death on the way; no polling.
+class _Exits:
+    """Tells when the child has exited, hearing about the sidecar's end on the way.
 
     WNOWAIT leaves the exited process unreaped: the child for child.wait(), the sidecar so that
     its process group id stays reserved until stop() has killed what is left of the group.
     """
-    assert sidecar.proc is not None
-    watchdog = sidecar.watchdog.pid if sidecar.watchdog is not None else None
-    sidecar_reported = False
-    while True:
-        try:
-            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
-        except ChildProcessError:
-            return
-        if info is None:  # pragma: no cover - only with WNOHANG
-            continue
+
+    def __init__(self, child: subprocess.Popen[bytes], sidecar: RunningSidecar) -> None:
+        self.child = child
+        self.sidecar = sidecar
+        self.reported = False
+
+    def child_exited(self, *, block: bool) -> bool:
+        """Deal with every process that has exited; True once the child has. block: wait."""
+        flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
+        while True:
+            if self.sidecar.proc is None and not self.reported:
+                how = self.sidecar.gone()  # a background sidecar: not our child
+                if how is not None:
+                    _sidecar_died(self.sidecar, how)
+                    self.reported = True
+            try:
+                info = os.waitid(os.P_ALL, 0, flags)
+            except ChildProcessError:
+                return True
+            if info is None:
+                return False  # WNOHANG: nobody else has exited
+            if info.si_pid == self.child.pid:
+                return True
+            self._other_exited(info)
+
+    def _other_exited(self, info: os.waitid_result) -> None:
+        sidecar = self.sidecar
         pid = info.si_pid
-        if pid == child.pid:
-            return
-        if pid == sidecar.proc.pid:
-            if not sidecar_reported:
+        if sidecar.proc is not None and pid == sidecar.proc.pid:
+            if not self.reported:
                 status = info.si_status
                 if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
                     status = -status
                 _sidecar_died(sidecar, describe_status(status))
-                sidecar_reported = True
+                self.reported = True
             sidecar.stop()  # kills what is left of its group, reaps it, releases the watchdog
-            continue
-        if pid == watchdog and sidecar.watchdog is not None and sidecar.watchdog.proc is not None:
-            sidecar.watchdog.proc.wait()
-            continue
+            return
+        watchdog = sidecar.watchdog
+        if watchdog is not None and watchdog.proc is not None and pid == watchdog.proc.pid:
+            watchdog.proc.wait()
+            return
         # Not ours to know about (nothing else is started here); reap it so waitid moves on.
         os.waitpid(pid, 0)
 
 
+def _wait_posix(
+    child: subprocess.Popen[bytes], sidecar: RunningSidecar, forwarder: _Forwarder
+) -> None:
+    """Block until the child exits; no polling (but for a background sidecar's end).
+
+    Linux: the signals are blocked; sigtimedwait() takes them (with their siginfo) and SIGCHLD
+    says a process has exited. Elsewhere waitid() blocks and the signal handlers run meanwhile.
+    """
+    exits = _Exits(child, sidecar)
+    if not forwarder.blocked:
+        while not exits.child_exited(block=True):
+            pass
+        return
+    timeout = _BACKGROUND_LOOK if sidecar.proc is None else _WAKE_UP
+    while not exits.child_exited(block=False):
+        info = signal.sigtimedwait(forwarder.blocked, timeout)
+        if info is not None and info.si_signo != signal.SIGCHLD:
+            forwarder.forward(info)
+
+
 def _wait_polling(child: subprocess.Popen[bytes], sidecar: RunningSidecar) -> None:
-    """Windows, and a background sidecar (not our child): wait with a periodic look at it."""
+    """Windows, and a background sidecar (not our child) without sigtimedwait: wait, and look
+    at the sidecar now and then."""
     reported = False
     while True:
         try:

@@ -19,19 +19,19 @@ anything that is still not loopback, so nothing can leave the machine, not even 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support import procs
 from support.mitm import LOOPBACK_GUARD_ADDON
+from support.procs import PID_RECORDER, TINY_SIDECAR, alive, free_port, q, recorded, survivors
 from support.servers import HangingServer, OpenAIUpstream
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="supervision tests are POSIX")
@@ -42,142 +42,16 @@ ROUTED_NAME = "api.kai-e2e.invalid"
 HEADER = "X-Corp-Auth"
 TOKEN = "e2e-token-1b7f"
 
-# --- processes the tests start must not survive them -----------------------------------------
-# Every sidecar (tiny server, its grandchild, mitmdump through the route addon) writes a file
-# named after its pid, holding its start time (Linux) so that a reused pid is not mistaken.
-
-PID_RECORDER = """
-def _record_pid(pid_dir):
-    import os
-    token = ""
-    try:
-        with open("/proc/self/stat", "rb") as f:
-            token = f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except OSError:
-        pass
-    with open(os.path.join(pid_dir, str(os.getpid())), "w") as f:
-        f.write(token)
-"""
-
-
-def alive(pid: int, token: str = "") -> bool:
-    """Whether pid runs (a zombie does not: this container's init never reaps orphans)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    fields = stat.rsplit(b")", 1)[1].split()
-    if fields[0] in (b"Z", b"X"):
-        return False
-    return not token or fields[19].decode() == token
-
-
-def recorded(pid_dir: Path) -> dict[int, str]:
-    return {int(p.name): p.read_text() for p in pid_dir.iterdir() if p.name.isdigit()}
-
-
-def survivors(pid_dir: Path, wait: float = 0.0) -> list[int]:
-    deadline = time.monotonic() + wait
-    while True:
-        left = [pid for pid, token in recorded(pid_dir).items() if alive(pid, token)]
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(0.05)
-
-
-def kill_all(pids: list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def e2e_pid_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Fails the run if any sidecar process of this module is still alive at the end."""
-    pid_dir = tmp_path_factory.mktemp("e2e-sidecar-pids")
-    yield pid_dir
-    left = survivors(pid_dir, wait=3.0)
-    kill_all(left)
-    if left:
-        pytest.fail(f"sidecar processes survived the e2e tests: {left}", pytrace=False)
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_sidecar(e2e_pid_dir: Path) -> Iterator[None]:
-    """Names the test that left a sidecar behind (the session fixture is the last resort)."""
-    before = set(recorded(e2e_pid_dir))
-    yield
-    left = [p for p in survivors(e2e_pid_dir, wait=3.0) if p not in before]
-    kill_all(left)
-    assert not left, f"sidecar processes left running: {left}"
-
-
-# --- the tiny sidecar --------------------------------------------------------------------------
-
-TINY_SIDECAR = (
-    PID_RECORDER
-    + '''
-"""A TCP server standing in for a sidecar proxy. argv: HOST PORT MODE."""
-import os, signal, socket, subprocess, sys, time
-
-host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-_record_pid(os.environ["TINY_PID_DIR"])
-print(f"tiny sidecar pid={os.getpid()} mode={mode}", flush=True)
-if mode == "orphan":  # a process of the sidecar's group that ignores SIGTERM
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    time.sleep(60)
-    sys.exit(0)
-if mode == "exit-early":
-    print("fatal: the frobnicator is missing", flush=True)
-    sys.exit(3)
-if mode == "never-ready":
-    time.sleep(60)
-    sys.exit(0)
-if mode == "grandchild":
-    subprocess.Popen([sys.executable, __file__, host, "0", "orphan"])
-lifetime = float(os.environ.get("TINY_LIFETIME", "60"))
-server = socket.socket()
-server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind((host, port))
-server.listen(16)
-server.settimeout(0.1)
-print("listening", flush=True)
-deadline = time.monotonic() + lifetime
-while time.monotonic() < deadline:
-    try:
-        conn, _ = server.accept()
-        conn.close()
-    except socket.timeout:
-        pass
-print("lifetime over", flush=True)
-sys.exit(5)
-'''
-)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
-def q(value: object) -> str:
-    """A TOML string (JSON's escapes are TOML's)."""
-    return json.dumps(str(value))
+# Processes the tests start must not survive them (support/procs.py).
+sidecar_pid_dir = procs.sidecar_pid_dir
+no_leftover_sidecar = procs.no_leftover_sidecar
 
 
 TinyProfile = Callable[..., Path]
 
 
 @pytest.fixture
-def tiny_profile(tmp_path: Path, write_profiles, e2e_pid_dir: Path) -> TinyProfile:
+def tiny_profile(tmp_path: Path, write_profiles, sidecar_pid_dir: Path) -> TinyProfile:
     """Write a profile `tiny` whose sidecar is TINY_SIDECAR in MODE on a free port."""
     script = tmp_path / "tiny_sidecar.py"
     script.write_text(TINY_SIDECAR)
@@ -193,7 +67,7 @@ def tiny_profile(tmp_path: Path, write_profiles, e2e_pid_dir: Path) -> TinyProfi
     ) -> Path:
         port = port or free_port()
         argv = command or [sys.executable, str(script), "127.0.0.1", str(port), mode]
-        variables = {"TINY_PID_DIR": str(e2e_pid_dir), **(env or {})}
+        variables = {"TINY_PID_DIR": str(sidecar_pid_dir), **(env or {})}
         return write_profiles(
             f"""
             [profiles.tiny]
@@ -255,7 +129,11 @@ addons = [RouteToLoopback()]
 
 @pytest.fixture
 def mitm_profile(
-    tmp_path: Path, write_profiles, mitm_binary: Path, upstream: OpenAIUpstream, e2e_pid_dir: Path
+    tmp_path: Path,
+    write_profiles,
+    mitm_binary: Path,
+    upstream: OpenAIUpstream,
+    sidecar_pid_dir: Path,
 ) -> Callable[..., Path]:
     """A profile `corp-mitm` whose sidecar is a real mitmdump with the example addon."""
     route = tmp_path / "route_to_loopback.py"
@@ -292,7 +170,7 @@ def mitm_profile(
             ready = "127.0.0.1:{port}"
             ready_file = {q(ca)}
             ready_timeout = 60
-            env = {{ CORP_AUTH_TOKEN = {{ env = "KAI_E2E_TOKEN" }}, KAI_E2E_ROUTED_NAME = {q(ROUTED_NAME)}, KAI_E2E_PID_DIR = {q(e2e_pid_dir)} }}
+            env = {{ CORP_AUTH_TOKEN = {{ env = "KAI_E2E_TOKEN" }}, KAI_E2E_ROUTED_NAME = {q(ROUTED_NAME)}, KAI_E2E_PID_DIR = {q(sidecar_pid_dir)} }}
             """
         )
 
@@ -501,7 +379,7 @@ def test_every_forwarded_signal_reaches_the_child_every_time(tiny_profile) -> No
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_to_kai_run_ends_child_and_sidecar(tiny_profile, e2e_pid_dir, sig) -> None:
+def test_signal_to_kai_run_ends_child_and_sidecar(tiny_profile, sidecar_pid_dir, sig) -> None:
     config = tiny_profile("grandchild")
     child = """
     import signal, time
@@ -511,22 +389,22 @@ def test_signal_to_kai_run_ends_child_and_sidecar(tiny_profile, e2e_pid_dir, sig
     """
     proc = start_kai_run(kai_run_argv(config, *python_child(child)))
     assert read_line(proc) == "ready"
-    sidecars = [p for p, t in recorded(e2e_pid_dir).items() if alive(p, t)]
+    sidecars = [p for p, t in recorded(sidecar_pid_dir).items() if alive(p, t)]
     assert len(sidecars) >= 2  # the sidecar and the process it started
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 128 + sig, err
-    assert not survivors(e2e_pid_dir)  # stopped before kai-run exited
+    assert not survivors(sidecar_pid_dir)  # stopped before kai-run exited
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_while_the_sidecar_starts_stops_it(tiny_profile, e2e_pid_dir, tmp_path, sig):
+def test_signal_while_the_sidecar_starts_stops_it(tiny_profile, sidecar_pid_dir, tmp_path, sig):
     config = tiny_profile("never-ready", ready_timeout=30)
     marker = tmp_path / "ran"
-    before = set(recorded(e2e_pid_dir))
+    before = set(recorded(sidecar_pid_dir))
     proc = start_kai_run(kai_run_argv(config, *python_child(f"open({str(marker)!r}, 'w')")))
     deadline = time.monotonic() + 20
-    while set(recorded(e2e_pid_dir)) == before and time.monotonic() < deadline:
+    while set(recorded(sidecar_pid_dir)) == before and time.monotonic() < deadline:
         time.sleep(0.02)
     # SIGUSR1 before the child exists is not fatal to kai-run (its default action would be).
     proc.send_signal(signal.SIGUSR1)
@@ -536,21 +414,21 @@ def test_signal_while_the_sidecar_starts_stops_it(tiny_profile, e2e_pid_dir, tmp
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 128 + sig, err
     assert not marker.exists()
-    assert not survivors(e2e_pid_dir)
+    assert not survivors(sidecar_pid_dir)
 
 
-def test_sigkill_to_kai_run_leaves_no_sidecar(tiny_profile, e2e_pid_dir) -> None:
+def test_sigkill_to_kai_run_leaves_no_sidecar(tiny_profile, sidecar_pid_dir) -> None:
     config = tiny_profile("grandchild")
-    before = set(recorded(e2e_pid_dir))
+    before = set(recorded(sidecar_pid_dir))
     proc = start_kai_run(kai_run_argv(config, *python_child(SIGNAL_CHILD)))
     assert read_line(proc) == "ready"
-    group = [p for p in recorded(e2e_pid_dir) if p not in before]
+    group = [p for p in recorded(sidecar_pid_dir) if p not in before]
     assert len(group) == 2 and all(alive(p) for p in group)
     proc.kill()
     proc.wait(10)
     t0 = time.monotonic()
     try:
-        left = survivors(e2e_pid_dir, wait=5.0)
+        left = survivors(sidecar_pid_dir, wait=5.0)
         assert not left, "the sidecar outlived kai-run"
         assert time.monotonic() - t0 < 3.0
     finally:
@@ -560,55 +438,135 @@ def test_sigkill_to_kai_run_leaves_no_sidecar(tiny_profile, e2e_pid_dir) -> None
         proc.communicate(timeout=10)
 
 
-def test_terminal_ctrl_c_reaches_the_child_once(tiny_profile, tmp_path) -> None:
-    """On a terminal, Ctrl+C goes to the whole foreground group: kai-run must not repeat it."""
+TERMINAL_CHILD = """
+import signal, sys
+def on(signum, frame):
+    with open(sys.argv[1], "a") as f:
+        f.write(signal.Signals(signum).name + "\\n")
+    if signum == signal.SIGTERM:
+        sys.exit(42)
+for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+    signal.signal(sig, on)
+print("ready", flush=True)
+while True:
+    signal.pause()
+"""
+
+
+def start_on_terminal(argv: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+    """kai-run in a new session whose controlling terminal is a new pty, as its foreground
+    process group (what a shell makes of a foreground job); returns it and the pty's master."""
     import fcntl
     import termios
 
-    config = tiny_profile()
-    counter = tmp_path / "sigints"
-    child = f"""
-    import signal, sys, time
-    count = 0
-    def on(signum, frame):
-        global count
-        count += 1
-        open({str(counter)!r}, "a").write("INT\\n")
-    signal.signal(signal.SIGINT, on)
-    print("ready", flush=True)
-    deadline = time.monotonic() + 30
-    while not count and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)  # time for a second, forwarded SIGINT to arrive
-    sys.exit(count)
-    """
     master, slave = os.openpty()
 
     def take_terminal() -> None:
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-    proc = subprocess.Popen(
-        kai_run_argv(config, *python_child(child)),
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        start_new_session=True,
-        preexec_fn=take_terminal,  # noqa: PLW1509 - nothing here runs threads meanwhile
-    )
-    os.close(slave)
     try:
-        output = b""
-        deadline = time.monotonic() + 30
-        while b"ready" not in output and time.monotonic() < deadline:
-            output += os.read(master, 1024)
-        assert b"ready" in output, output
-        os.write(master, b"\x03")
-        assert proc.wait(30) == 1, output
-    finally:
-        proc.kill()
-        proc.wait()
+        proc = subprocess.Popen(
+            argv,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            preexec_fn=take_terminal,  # noqa: PLW1509 - nothing here runs threads meanwhile
+        )
+    except BaseException:
         os.close(master)
-    assert counter.read_text() == "INT\n"
+        raise
+    finally:
+        os.close(slave)
+    return proc, master
+
+
+def read_until(master: int, token: bytes, timeout: float = 30) -> bytes:
+    import selectors
+
+    output = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(master, selectors.EVENT_READ)
+        while token not in output:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                raise AssertionError(f"no {token!r} on the terminal within {timeout} s: {output!r}")
+            try:
+                output += os.read(master, 1024)
+            except OSError:  # EIO: every process closed the terminal
+                raise AssertionError(f"the terminal closed before {token!r}: {output!r}") from None
+    return output
+
+
+def wait_for_lines(path: Path, count: int, timeout: float = 10) -> list[str]:
+    deadline = time.monotonic() + timeout
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        lines = path.read_text().split() if path.exists() else []
+        if len(lines) >= count:
+            break
+        time.sleep(0.02)
+    return lines
+
+
+def test_on_a_terminal_keyboard_signals_once_and_killed_ones_every_time(
+    tiny_profile, tmp_path
+) -> None:
+    """Ctrl+C and Ctrl+\\ go to the whole foreground group, the child included: kai-run must
+    not repeat them. SIGINT and SIGQUIT sent with kill() to kai-run alone reach the child."""
+    config = tiny_profile()
+    seen = tmp_path / "signals"
+    argv = [*kai_run_argv(config, *python_child(TERMINAL_CHILD)), str(seen)]
+    proc, master = start_on_terminal(argv)
+    try:
+        read_until(master, b"ready")
+        expected: list[str] = []
+        for how, sig in [
+            (b"\x03", "SIGINT"),  # Ctrl+C typed on the terminal
+            (b"\x1c", "SIGQUIT"),  # Ctrl+backslash
+            (signal.SIGINT, "SIGINT"),
+            (signal.SIGINT, "SIGINT"),
+            (signal.SIGQUIT, "SIGQUIT"),
+            (signal.SIGQUIT, "SIGQUIT"),
+        ]:
+            if isinstance(how, bytes):
+                os.write(master, how)
+            else:
+                os.kill(proc.pid, how)
+            expected.append(sig)
+            assert wait_for_lines(seen, len(expected)) == expected, f"after {sig} ({how!r})"
+            # A repeated keyboard signal would come right after the first one.
+            time.sleep(0.3)
+            assert wait_for_lines(seen, len(expected)) == expected, f"after {sig} ({how!r})"
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == 42
+        assert seen.read_text().split() == [*expected, "SIGTERM"]
+    finally:
+        if proc.poll() is None:
+            # kai-run leads the group its child is in: take both.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        os.close(master)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_the_child_starts_with_no_signal_blocked(tiny_profile) -> None:
+    # kai-run blocks the forwarded signals while the child runs, and exec would keep that mask.
+    code = """
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    print(fields["SigBlk"].strip())
+    """
+    proc = subprocess.run(
+        kai_run_argv(tiny_profile(), *python_child(code)),
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout, 16) == 0
 
 
 # --- failure paths: exit 2, one error line, the command never started, nothing left running ---
@@ -661,15 +619,15 @@ def test_sidecar_not_ready_in_time(tiny_profile, tmp_path) -> None:
     assert time.monotonic() - t0 < 10
 
 
-def test_port_already_taken(tiny_profile, tmp_path, e2e_pid_dir) -> None:
+def test_port_already_taken(tiny_profile, tmp_path, sidecar_pid_dir) -> None:
     marker = tmp_path / "ran"
-    before = set(recorded(e2e_pid_dir))
+    before = set(recorded(sidecar_pid_dir))
     with HangingServer() as stranger:
         proc = run_marking(tiny_profile(port=stranger.port), marker)
     assert_failed_cleanly(
         proc, marker, f"127.0.0.1:{stranger.port} is already in use by another program"
     )
-    assert set(recorded(e2e_pid_dir)) == before, "the sidecar was started anyway"
+    assert set(recorded(sidecar_pid_dir)) == before, "the sidecar was started anyway"
 
 
 def test_command_not_found_127_and_not_executable_126(tiny_profile, tmp_path) -> None:

@@ -6,7 +6,6 @@ The sidecar here is a tiny Python TCP server (fast); tests/test_e2e.py runs the 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -14,10 +13,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support import procs
+from support.procs import TINY_SIDECAR, alive, free_port, q, recorded
 from support.servers import HangingServer
 
 from kai_launch.config import load_config
@@ -26,6 +27,7 @@ from kai_launch.profiles import Profile, resolve_profile
 from kai_launch.sidecar import (
     SidecarSpec,
     Watchdog,
+    check_address_free,
     log_path_for,
     running_sidecar,
     start,
@@ -36,126 +38,9 @@ from kai_launch.sidecar import (
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="process groups are POSIX")
 
-# --- processes the tests start must not survive them (same scheme as test_e2e.py) ------------
-
-TINY_SIDECAR = '''
-"""A TCP server standing in for a sidecar proxy. argv: HOST PORT MODE."""
-import os, signal, socket, subprocess, sys, time
-
-def _record_pid(pid_dir):
-    token = ""
-    try:
-        with open("/proc/self/stat", "rb") as f:
-            token = f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except OSError:
-        pass
-    with open(os.path.join(pid_dir, str(os.getpid())), "w") as f:
-        f.write(token)
-
-host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-_record_pid(os.environ["TINY_PID_DIR"])
-print(f"tiny sidecar pid={os.getpid()} mode={mode} echo={os.environ.get('TINY_ECHO')}", flush=True)
-if mode == "orphan":  # a process of the sidecar's group that ignores SIGTERM
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    time.sleep(60)
-    sys.exit(0)
-if mode == "exit-early":
-    print("fatal: the frobnicator is missing", flush=True)
-    sys.exit(3)
-if mode == "never-ready":
-    time.sleep(60)
-    sys.exit(0)
-if mode == "ignore-term":
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-if mode == "grandchild":
-    subprocess.Popen([sys.executable, __file__, host, "0", "orphan"])
-server = socket.socket()
-server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind((host, port))
-server.listen(16)
-server.settimeout(0.1)
-print("listening", flush=True)
-ready_file = os.environ.get("TINY_READY_FILE")
-if ready_file:
-    time.sleep(float(os.environ.get("TINY_READY_FILE_DELAY", "0")))
-    open(ready_file, "w").write("ca")
-deadline = time.monotonic() + 60
-while time.monotonic() < deadline:
-    try:
-        conn, _ = server.accept()
-        conn.close()
-    except socket.timeout:
-        pass
-sys.exit(5)
-'''
-
-
-def alive(pid: int, token: str = "") -> bool:
-    """Whether pid runs (a zombie does not: this container's init never reaps orphans)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    fields = stat.rsplit(b")", 1)[1].split()
-    if fields[0] in (b"Z", b"X"):
-        return False
-    return not token or fields[19].decode() == token
-
-
-def recorded(pid_dir: Path) -> dict[int, str]:
-    return {int(p.name): p.read_text() for p in pid_dir.iterdir() if p.name.isdigit()}
-
-
-def survivors(pid_dir: Path, wait: float = 0.0) -> list[int]:
-    deadline = time.monotonic() + wait
-    while True:
-        left = [pid for pid, token in recorded(pid_dir).items() if alive(pid, token)]
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(0.05)
-
-
-def kill_all(pids: list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def sidecar_pid_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Fails the run if any sidecar process of this module is still alive at the end."""
-    pid_dir = tmp_path_factory.mktemp("sidecar-pids")
-    yield pid_dir
-    left = survivors(pid_dir, wait=3.0)
-    kill_all(left)
-    if left:
-        pytest.fail(f"sidecar processes survived the tests: {left}", pytrace=False)
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_sidecar(sidecar_pid_dir: Path) -> Iterator[None]:
-    before = set(recorded(sidecar_pid_dir))
-    yield
-    left = [p for p in survivors(sidecar_pid_dir, wait=3.0) if p not in before]
-    kill_all(left)
-    assert not left, f"sidecar processes left running: {left}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
-def q(value: object) -> str:
-    return json.dumps(str(value))
+# Processes the tests start must not survive them (support/procs.py).
+sidecar_pid_dir = procs.sidecar_pid_dir
+no_leftover_sidecar = procs.no_leftover_sidecar
 
 
 @pytest.fixture
@@ -627,3 +512,84 @@ def test_sidecar_commands_have_examples_in_help(kai_run) -> None:
         run = kai_run("sidecar", command, "--help")
         assert run.returncode == 0
         assert "kai-run sidecar start -p local-mitm" in run.stdout
+
+
+def mode_of(path: str | Path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def test_logs_and_state_files_are_private(kai_run, tiny_config) -> None:
+    """A sidecar's log holds what its addons print, tokens included: 0600 in 0700 folders."""
+    log = Path(log_path_for("tiny"))
+    log.parent.mkdir(parents=True, mode=0o755)
+    log.parent.chmod(0o755)
+    log.write_text("an older, world-readable log\n")
+    log.chmod(0o644)
+    config = str(tiny_config())
+    run = kai_run("-c", config, "sidecar", "start", "-p", "tiny")
+    assert run.returncode == 0, run
+    try:
+        state = Path(state_path_for("tiny"))
+        assert (mode_of(log), mode_of(log.parent)) == (0o600, 0o700)
+        assert (mode_of(state), mode_of(state.parent)) == (0o600, 0o700)
+        assert "older" not in log.read_text()
+    finally:
+        run = kai_run("-c", config, "sidecar", "stop", "-p", "tiny")
+    assert run.returncode == 0, run
+
+
+def test_a_second_supervised_run_names_the_first_one(kai_run, tiny_config) -> None:
+    """Each `kai-run -p P -- cmd` starts its own sidecar: a second one at the same time finds the
+    port taken, and says by whom."""
+    config = str(tiny_config())
+    child = [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "kai_launch", "-c", config, "-p", "tiny", "--", *child],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert first.stdout is not None and first.stdin is not None
+    try:
+        assert first.stdout.readline() == "ready\n"
+        folder = Path(state_path_for("tiny")).parent / "supervised"
+        (state,) = [json.loads(p.read_text()) for p in folder.glob("*.json")]
+        assert state["supervisor"] == first.pid and alive(state["pid"])
+        assert (mode_of(folder), mode_of(folder.parent)) == (0o700, 0o700)
+        assert all(mode_of(p) == 0o600 for p in folder.iterdir())
+
+        run = kai_run("-c", config, "-p", "tiny", "--", sys.executable, "-c", "pass")
+        assert run.returncode == 2, run
+        assert (
+            f"is already in use by the sidecar that another kai-run (pid {first.pid}) runs for "
+            f"profile 'tiny' (sidecar pid {state['pid']}); the sidecar was not started"
+        ) in run.stderr
+        assert "kai-run sidecar start -p tiny" in run.stderr  # the way to share one
+        # A background start is refused the same way, and names the same holder.
+        run = kai_run("-c", config, "sidecar", "start", "-p", "tiny")
+        assert run.returncode == 2 and f"another kai-run (pid {first.pid})" in run.stderr
+    finally:
+        first.stdin.close()
+        assert first.wait(30) == 0
+        first.stdout.close()
+        assert first.stderr is not None
+        first.stderr.close()
+    assert not list(folder.iterdir())  # the first run removed its state file
+
+
+def test_a_killed_supervisors_state_file_is_not_believed(tiny_spec) -> None:
+    """kai-run killed with SIGKILL leaves its state file: its sidecar is gone, so is the claim."""
+    folder = Path(state_path_for("tiny")).parent / "supervised"
+    folder.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with HangingServer() as stranger:
+        spec = tiny_spec(port=stranger.port)
+        stale = folder / f"tiny-{gone.pid}.json"
+        record = {"profile": "tiny", "pid": gone.pid, "address": spec.address, "log": "x.log"}
+        record |= {"argv": ["x"], "started": 0, "token": None, "supervisor": 1}
+        stale.write_text(json.dumps(record))
+        with pytest.raises(SidecarError, match="in use by another program"):
+            check_address_free(spec)
+    assert not stale.exists()
