@@ -4,21 +4,18 @@ Every edit is one transaction on one file:
 1. take an exclusive lock on `profiles.toml.lock` next to the file (fcntl.flock on POSIX,
    msvcrt.locking on Windows), so concurrent `kai-run profiles set` runs queue instead of losing
    each other's changes;
-2. re-read the file under the lock and parse it with tomlkit, which keeps comments, blank lines,
-   key order and quoting;
+2. re-read the file under the lock and parse the part the edit is about with tomlkit, which keeps
+   comments, blank lines, key order and quoting (tomledit.py);
 3. change only what was asked (new keys go inside the profile's own table, values keep the quoting
    and layout of the value they replace, so a `set` followed by the reverse `set` gives back the
    same bytes);
-4. validate the rendered text exactly as the loader would (tomllib + schema.validate_document),
-   plus `extends` resolution and proxy URL syntax; an edit that adds a problem is refused and the
-   file is left byte-identical;
+4. check the result: the edited part says exactly what was meant, the whole new text parses
+   (tomllib, once), and what the edit can affect passes the loader's checks -- the schema for the
+   changed profiles, `extends` resolution for them and every profile that extends them, proxy
+   URL syntax. An edit that adds a problem is refused and the file is left byte-identical; a
+   problem that was already there elsewhere does not block it;
 5. write atomically: a temp file in the same directory, fsync, os.replace, fsync of the directory.
    The file keeps its mode; a new user file is created 0600 (its directory 0700).
-
-tomlkit keeps each comment with the table *above* it, while a person reads a comment block right
-above a header as belonging to the table *below*. Inserting and removing tables therefore looks at
-blank lines: comments glued to a header (no blank line between) move with it, comments after a blank
-line stay where they are.
 
 Nothing here prints: functions return result records; cli.py renders them.
 """
@@ -32,7 +29,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kai_launch import paths
+from kai_launch import paths, tomledit
 from kai_launch.config import CONFIG_ENV, Config, ConfigFile, candidate_files, parse_toml
 from kai_launch.errors import ConfigError, EditError, KaiRunError, ProfileError, did_you_mean
 from kai_launch.schema import (
@@ -50,8 +47,6 @@ from kai_launch.schema import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
 
-    from tomlkit.container import Container
-    from tomlkit.items import Table
     from tomlkit.toml_document import TOMLDocument
 
 LOCK_TIMEOUT = 30.0
@@ -197,7 +192,7 @@ def init_file(target: EditTarget, *, force: bool = False) -> EditResult:
         session.replace_text(example_text())
         return "wrote the starter profile file"
 
-    return _transaction(target, change, create=True, focus=_APPEND, check_semantics=False)
+    return _transaction(target, change, create=True, focus=tomledit.APPEND, check_semantics=False)
 
 
 def add_profile(
@@ -216,7 +211,7 @@ def add_profile(
 ) -> EditResult:
     """Add a profile. from_env: fill it from that environment's proxy and CA variables first;
     explicit options win. Paths given here are relative to `cwd` (a command line's paths are)."""
-    _check_profile_name(name, target.path)
+    _check_profile_name(name)
     body: dict[str, object] = {}
     warnings: list[str] = []
     if from_env is not None:
@@ -257,7 +252,7 @@ def add_profile(
         session.expect_profile(name, body)
         return f"added profile '{name}'"
 
-    return _transaction(target, change, create=True, focus=_APPEND)
+    return _transaction(target, change, create=True, focus=tomledit.APPEND)
 
 
 def set_value(
@@ -275,7 +270,7 @@ def set_value(
     def change(session: _Session) -> str:
         _profile_parts(session, name)
         parts, fld, kind = _key_info(session, name, key)
-        old = _lookup_value(session.data, name, parts)
+        old = _lookup_value(session.local, name, parts)
         if secret is not None:
             if kind not in ("secret", "envvar"):
                 raise EditError(
@@ -285,6 +280,7 @@ def set_value(
                     "env.NAME and sidecar.env.NAME",
                 )
             kind_name, arg = secret
+            _check_secret_option(kind_name, arg)
             if kind_name == "file" and isinstance(arg, str):
                 arg = _cli_path(arg, cwd)
             new: object = {kind_name: arg}
@@ -301,10 +297,11 @@ def set_value(
             elif key == "ca_bundle" and isinstance(new, str):
                 new = _cli_path(new, cwd)
         _check_setting(session, name, key, new)
-        if old is not None and _same(old, new):
+        if old is not None and tomledit.same_value(old, new):
             return f"profiles.{name}.{key} already has that value"
         session.assign_profile(name, parts, new)
-        session.expect_profile(name, _with(_profile_bodies(session.data)[name], parts, new))
+        body = _profile_bodies(session.local)[name]
+        session.expect_profile(name, tomledit.with_value(body, parts, new))
         session.warnings.extend(_secret_warnings(name, {key: new}, session.path, dotted=True))
         if key == "ca_bundle":
             session.warnings.extend(_ca_warnings({key: new}, session.base_dir))
@@ -319,7 +316,7 @@ def unset_value(target: EditTarget, name: str, key: str) -> EditResult:
     def change(session: _Session) -> str:
         _profile_parts(session, name)
         parts = key.split(".")
-        if _lookup_value(session.data, name, parts) is None:
+        if _lookup_value(session.local, name, parts) is None:
             # An unknown key that is not in the file: say what is known, like the loader.
             if field_for(key) is None and not _is_var_key(parts):
                 _key_info(session, name, key)
@@ -328,8 +325,9 @@ def unset_value(target: EditTarget, name: str, key: str) -> EditResult:
                 session.where(name),
                 "see `kai-run profiles show " + name + "`; inherited keys live in the parent",
             )
-        session.assign_profile(name, parts, _DELETE)
-        session.expect_profile(name, _with(_profile_bodies(session.data)[name], parts, _DELETE))
+        session.assign_profile(name, parts, tomledit.DELETE)
+        body = _profile_bodies(session.local)[name]
+        session.expect_profile(name, tomledit.with_value(body, parts, tomledit.DELETE))
         return f"unset profiles.{name}.{key}"
 
     return _transaction(target, change, create=False, focus=name)
@@ -353,7 +351,7 @@ def remove_profile(target: EditTarget, name: str) -> EditResult:
                 session.where(None, "default_profile"),
                 "choose another default first: kai-run profiles default NAME",
             )
-        _remove_profile_tables(session, name)
+        tomledit.remove_named(session.doc, lambda: session.profiles() or [], name)
         session.expect_profile(name, None)
         return f"removed profile '{name}'"
 
@@ -362,7 +360,7 @@ def remove_profile(target: EditTarget, name: str) -> EditResult:
 
 def rename_profile(target: EditTarget, old: str, new: str) -> EditResult:
     """Rename a profile and every `extends` and `default_profile` of this file that names it."""
-    _check_profile_name(new, target.path)
+    _check_profile_name(new)
 
     def change(session: _Session) -> str:
         _profile_parts(session, old)
@@ -370,24 +368,24 @@ def rename_profile(target: EditTarget, old: str, new: str) -> EditResult:
             return f"profile '{old}' already has that name"
         profiles = session.profiles()
         assert profiles is not None
-        if _has(profiles, new):
+        if tomledit.has_key(profiles, new):
             raise EditError(
                 f"profile '{new}' already exists",
                 session.where(new),
                 "remove it first, or pick another name",
             )
-        _rename_key(session, old, new)
+        tomledit.rename_key(profiles, old, new, session.where(old))
         for pname, body in _profile_bodies(session.data).items():
             # `extends = "corp"` in corp itself names the profile it shadows in a lower file.
             if pname != old and body.get("extends") == old:
                 session.assign_profile(pname, ["extends"], new)
         if session.data.get("default_profile") == old:
-            _assign(session.doc, [session.doc], ["default_profile"], new)
+            tomledit.assign(session.doc, [session.doc], ["default_profile"], new)
         _shadow_note(session, new)
-        session.expect = _renamed(session.data, old, new)
+        session.expect = _renamed(session.local, old, new)
         return f"renamed profile '{old}' to '{new}'"
 
-    return _transaction(target, change, create=False, focus=_FULL)
+    return _transaction(target, change, create=False, focus=tomledit.FULL)
 
 
 def _renamed(data: Mapping[str, Any], old: str, new: str) -> dict[str, Any]:
@@ -407,7 +405,7 @@ def copy_profile(target: EditTarget, src: str, dst: str) -> EditResult:
 
     The source may come from any file that is read, e.g. a site profile copied into the user file.
     """
-    _check_profile_name(dst, target.path)
+    _check_profile_name(dst)
 
     def change(session: _Session) -> str:
         if dst in _profile_bodies(session.data):
@@ -422,7 +420,7 @@ def copy_profile(target: EditTarget, src: str, dst: str) -> EditResult:
         session.expect_profile(dst, body)
         return f"copied profile '{src}' to '{dst}'"
 
-    return _transaction(target, change, create=True, focus=_APPEND)
+    return _transaction(target, change, create=True, focus=tomledit.APPEND)
 
 
 def set_default(target: EditTarget, name: str) -> EditResult:
@@ -432,13 +430,13 @@ def set_default(target: EditTarget, name: str) -> EditResult:
         known = session.all_profile_names()
         if name not in known:
             raise _unknown_profile(name, session.path, known)
-        if session.data.get("default_profile") == name:
+        if session.local.get("default_profile") == name:
             return f"default_profile is already '{name}'"
-        _assign(session.doc, [session.doc], ["default_profile"], name)
-        session.expect = {**session.data, "default_profile": name}
+        tomledit.assign(session.doc, [session.doc], ["default_profile"], name)
+        session.expect = {**session.local, "default_profile": name}
         return f"default_profile = '{name}'"
 
-    return _transaction(target, change, create=True, focus=_TOP)
+    return _transaction(target, change, create=True, focus=tomledit.TOP)
 
 
 def profile_from_env(environ: Mapping[str, str], warnings: list[str]) -> dict[str, object]:
@@ -504,18 +502,23 @@ def convert_value(fld: Field, kind: str, text: str, old: object, where: object) 
     stripped = text.strip()
     if kind == "bool" or (kind == "proxy_or_bool" and stripped.lower() in ("true", "false")):
         if stripped.lower() not in ("true", "false"):
-            raise EditError(f"expected true or false, got {text!r}", str(where))
+            raise EditError(
+                f"expected true or false, got {text!r}",
+                str(where),
+                f"{fld.name} is true or false: {fld.doc}",
+            )
         return stripped.lower() == "true"
     if kind == "number":
-        try:
-            number: int | float = (
-                int(stripped) if re.fullmatch(r"[+-]?\d+", stripped) else float(stripped)
-            )
-        except ValueError:
-            raise EditError(
-                f"expected a number, got {text!r}", str(where), "write e.g. 15 or 2.5"
-            ) from None
+        number: int | float | None = None
+        if re.fullmatch(r"[+-]?\d+", stripped):
+            number = int(stripped)
+        elif _FLOAT.fullmatch(stripped):
+            number = float(stripped)
+        if number is None:
+            raise EditError(f"expected a number, got {text!r}", str(where), "write e.g. 15 or 2.5")
         return number
+    if kind == "envvar":
+        return _typed_like(text, old)
     if kind == "str_or_list":
         if stripped.startswith("["):
             return _list_value(stripped, where)
@@ -536,7 +539,30 @@ def convert_value(fld: Field, kind: str, text: str, old: object, where: object) 
         try:
             return shlex.split(text)
         except ValueError as e:
-            raise EditError(f"cannot split the command: {e}", str(where)) from None
+            raise EditError(
+                f"cannot split the command: {e}",
+                str(where),
+                'close the quotes, or write it as a list: ["prog", "arg one"]',
+            ) from None
+    return text
+
+
+_FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _typed_like(text: str, old: object) -> object:
+    """A variable's new value keeps the TOML type of the value it replaces when the text is of
+    that type (`X = 1` set to 2 stays a number), so a set and its reverse give back the same file.
+    Anything else, and every new variable, is a string."""
+    stripped = text.strip()
+    if isinstance(old, bool):
+        if stripped.lower() in ("true", "false"):
+            return stripped.lower() == "true"
+    elif isinstance(old, int):
+        if re.fullmatch(r"[+-]?\d+", stripped):
+            return int(stripped)
+    elif isinstance(old, float) and _FLOAT.fullmatch(stripped):
+        return float(stripped)
     return text
 
 
@@ -630,19 +656,33 @@ def _check_setting(session: _Session, name: str, key: str, value: object) -> Non
             session.warnings.extend(w.replace("\0", str(where)) for w in warnings)
 
 
-def _check_profile_name(name: str, path: str) -> None:
-    if not name.strip():
-        raise EditError("a profile name cannot be empty", path)
-    if name != name.strip() or any(c in name for c in "\n\r\t"):
+_PROFILE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_NAME_HINT = (
+    "use letters, digits, '.', '-' and '_': names are typed on command lines and in KAI_RUN_PROFILE"
+)
+
+
+def _check_profile_name(name: str) -> None:
+    """The name of a profile kai-run creates (add, copy, rename). TOML allows any quoted key,
+    but a name has to survive a shell and an environment variable unquoted."""
+    if not name:
+        raise EditError("a profile name cannot be empty", "command line", _NAME_HINT)
+    if not _PROFILE_NAME.fullmatch(name):
+        bad = ", ".join(repr(c) for c in dict.fromkeys(name) if not _PROFILE_NAME.fullmatch(c))
+        raise EditError(f"profile name {name!r} contains {bad}", "command line", _NAME_HINT)
+
+
+def _check_secret_option(kind: str, arg: str | list[str]) -> None:
+    """A reference as given on the command line, named by its option (not by the key it makes)."""
+    option = f"--secret-{kind}"
+    if not arg:
+        raise EditError(f"{option} needs a value", "command line", f"e.g. {SECRET_HINT}")
+    if kind == "env" and isinstance(arg, str) and not valid_var_name(arg):
         raise EditError(
-            f"profile name {name!r} has surrounding or control whitespace",
-            path,
-            "use letters, digits, - and _",
+            f"invalid variable name {arg!r} given to {option}",
+            "command line",
+            "names are letters, digits and _, and do not start with a digit",
         )
-
-
-def _same(old: object, new: object) -> bool:
-    return type(old) is type(new) and old == new
 
 
 def _as_list(value: object) -> list[str]:
@@ -780,15 +820,10 @@ def _later(session: _Session, other: str) -> bool:
 
 
 class _Session:
-    """One file being edited: its text, tomllib data, tomlkit document and what the edit says."""
+    """One file being edited: its text, the tomlkit document of the part the edit is about (the
+    window), the data before the edit and what the edit says."""
 
-    def __init__(
-        self,
-        target: EditTarget,
-        text: str | None,
-        focus: str,
-        data: dict[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, target: EditTarget, text: str | None, focus: str) -> None:
         self.target = target
         self.path = target.path
         self.base_dir = os.path.dirname(target.path)
@@ -796,31 +831,42 @@ class _Session:
         self.old_text = text or ""
         # Only a file written with CRLF throughout gets CRLF for new lines too.
         self.crlf = "\r\n" in self.old_text and "\n" not in self.old_text.replace("\r\n", "")
-        self.data: dict[str, Any] = (
-            data if data is not None else parse_toml(self.path, self.old_text)
-        )
-        self.prefix, window, self.suffix = _window(self.old_text, focus)
+        self._data: dict[str, Any] | None = None
+        self.prefix, window, self.suffix = tomledit.split_window(self.old_text, focus)
         self.windowed = bool(self.prefix or self.suffix)
-        try:
-            self.doc: TOMLDocument = _parse_doc(window, self.path)
-        except EditError:
-            if not self.windowed:
-                raise
-            self.prefix, self.suffix, self.windowed = "", "", False
-            self.doc = _parse_doc(self.old_text, self.path)
-        # What the file must say after the edit, when the operation knows: checked before writing.
+        if self.windowed:
+            try:
+                self.doc: TOMLDocument = tomledit.parse_doc(window, self.path)
+                # The window's data before the edit: all that set and unset need.
+                self.local: dict[str, Any] = parse_toml(self.path, window)
+            except KaiRunError:
+                self.windowed = False
+        if not self.windowed:
+            self.prefix = self.suffix = ""
+            self.local = self.data  # tomllib first: its message for a broken file is the best
+            self.doc = tomledit.parse_doc(self.old_text, self.path)
+        # What the edited part must say after the edit, when the operation knows (checked before
+        # writing), and what it does say.
         self.expect: dict[str, Any] | None = None
+        self.new_local: dict[str, Any] | None = None
         self.warnings: list[str] = []
         self._tail = ""
         self._replacement: str | None = None
         self._others: dict[str, dict[str, Any] | None] = {}
 
+    @property
+    def data(self) -> dict[str, Any]:
+        """The whole file's data before the edit, parsed on first use."""
+        if self._data is None:
+            self._data = parse_toml(self.path, self.old_text)
+        return self._data
+
     def where(self, profile: str | None, key: str | None = None) -> str:
         return str(Where(self.path, profile, key))
 
     def expect_profile(self, name: str, body: dict[str, Any] | None) -> None:
-        """The file's data after the edit: profile `name` becomes body (None: removed)."""
-        expect = dict(self.data if self.expect is None else self.expect)
+        """The edited part's data after the edit: profile `name` becomes body (None: removed)."""
+        expect = dict(self.local if self.expect is None else self.expect)
         profiles = dict(_profile_bodies(expect))
         if body is None:
             profiles.pop(name, None)
@@ -831,8 +877,7 @@ class _Session:
 
     def profiles(self) -> list[Any] | None:
         """The parts of the `profiles` table, or None when the file has none."""
-        found = _child([self.doc], "profiles")
-        return None if found is None else _parts(found[1])
+        return [v for _, _, v in tomledit.fragments([self.doc], "profiles")] or None
 
     def all_profile_names(self) -> list[str]:
         names = dict.fromkeys(_profile_bodies(self.data))
@@ -844,7 +889,7 @@ class _Session:
     def assign_profile(self, name: str, keys: list[str], value: Any) -> None:
         profiles = self.profiles()
         assert profiles is not None
-        _assign(self.doc, profiles, [name, *keys], value, top=True)
+        tomledit.assign(self.doc, profiles, [name, *keys], value, top=True)
 
     def other(self, path: str) -> dict[str, Any] | None:
         if path not in self._others:
@@ -866,8 +911,16 @@ class _Session:
     def replace_text(self, text: str) -> None:
         self._replacement = text
 
+    @property
+    def replaced(self) -> bool:
+        return self._replacement is not None
+
     def render_doc(self) -> str:
         return self.prefix + self.doc.as_string() + self.suffix + self._tail
+
+    def region(self) -> str:
+        """The edited part of the new text: the window and what was appended after the file."""
+        return self.doc.as_string() + self._tail
 
     def render(self) -> str:
         text = self._replacement if self._replacement is not None else self.render_doc()
@@ -881,46 +934,53 @@ def _transaction(
     change: Callable[[_Session], str],
     *,
     create: bool,
-    focus: str = "",
+    focus: str = tomledit.FULL,
     check_semantics: bool = True,
 ) -> EditResult:
     """Lock, re-read, change, check, write. focus: the profile the edit is about (only its part of
-    the file is parsed with tomlkit, which is slow on big files), _TOP, _APPEND or _FULL."""
+    the file is parsed with tomlkit, which is slow on big files), TOP, APPEND or FULL."""
     path = target.path
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         # Nothing to lock yet: a refused edit must not leave a new directory behind, so try it
         # on the empty file first (it explains itself: unknown profile, where it lives...).
-        change(_Session(target, None, _FULL))
+        change(_Session(target, None, tomledit.FULL))
         if not create:
             raise _no_file(target)
         _make_dirs(directory, 0o755 if target.scope == "site" else 0o700, target)
     with _locked(path):
         text, st = _read(path)
-        data = parse_toml(path, text or "")
-        session = _Session(target, text, focus or _FULL, data)
+        session = _Session(target, text, focus)
         summary = change(session)
         new_text = session.render()
         if new_text == session.old_text and session.existed:
+            if session.expect is not None and _pruned(session.expect) != _pruned(session.local):
+                # The operation meant a change the document did not take: never a false success.
+                raise _not_made(path)
             return EditResult(path, summary, changed=False, warnings=session.warnings)
         new_data = _try_parse(path, new_text)
         if session.windowed and not _as_expected(session, new_data):
-            # The window guessed wrong (an unusual layout): do it again on the whole file.
-            session = _Session(target, text, _FULL, data)
+            # The window guessed wrong (an unusual layout, or the file fails elsewhere): do it
+            # again on the whole file, which also says what is wrong with it.
+            session = _Session(target, text, tomledit.FULL)
             summary = change(session)
             new_text = session.render()
             new_data = _try_parse(path, new_text)
         if not _as_expected(session, new_data):
-            raise EditError(
-                "kai-run could not make this edit without changing something else",
-                path,
-                "the file is unchanged; edit it by hand (and please report this)",
-            )
+            raise _not_made(path)
         if not session.existed and not create:
             raise _no_file(target)
         _validate(session, new_data, check_semantics=check_semantics)
         _write(target, new_text.encode("utf-8"), st)
     return EditResult(path, summary, created=not session.existed, warnings=session.warnings)
+
+
+def _not_made(path: str) -> KaiRunError:
+    return EditError(
+        "kai-run could not make this edit without changing something else",
+        path,
+        "the file is unchanged; edit it by hand (and please report this)",
+    )
 
 
 def _try_parse(path: str, text: str) -> dict[str, Any] | ConfigError:
@@ -931,12 +991,27 @@ def _try_parse(path: str, text: str) -> dict[str, Any] | ConfigError:
 
 
 def _as_expected(session: _Session, new_data: dict[str, Any] | ConfigError) -> bool:
-    """The edited text says exactly what the operation meant (empty sub-tables aside)."""
+    """The edited part of the text says exactly what the operation meant (empty sub-tables aside).
+
+    Only that part is compared: the rest of the text is unchanged, and the whole new text parsed
+    (new_data), so it means what it meant before."""
+    if isinstance(new_data, ConfigError):
+        return not session.windowed  # let the whole file explain why it fails
+    if session.replaced:
+        return True  # init: a new file, nothing to compare with
+    if not session.windowed:
+        session.new_local = new_data
+    elif session.new_local is None:
+        region = session.region()
+        if session.suffix and not region.endswith("\n"):
+            return False  # the next header would be glued to the window's last line
+        local = _try_parse(session.path, region)
+        if isinstance(local, ConfigError):
+            return False
+        session.new_local = local
     if session.expect is None:
         return True
-    if isinstance(new_data, ConfigError):
-        return not session.windowed  # let _validate explain why the whole file fails
-    return _pruned(new_data) == _pruned(session.expect)
+    return _pruned(session.new_local) == _pruned(session.expect)
 
 
 def _pruned(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -957,126 +1032,32 @@ def _drop_empty(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# --- parsing only the part of the file an edit is about -------------------------------------------
-
-_FULL = "\0full"  # the whole file
-_TOP = "\0top"  # the top-level keys before the first table (default_profile)
-_APPEND = "\0append"  # nothing: the edit appends text (add, copy)
-
-
-def _parse_doc(text: str, path: str) -> TOMLDocument:
-    import tomlkit
-    from tomlkit.exceptions import TOMLKitError
-
-    try:
-        doc = tomlkit.parse(text)
-    except TOMLKitError as e:
-        raise EditError(f"tomlkit cannot read this file: {e}", path, "edit it by hand") from None
-    if doc.as_string() != text:
-        # Never write what tomlkit cannot reproduce: the promise is byte-for-byte.
-        raise EditError(
-            "this file cannot be edited without changing its layout", path, "edit it by hand"
-        )
-    return doc
-
-
-def _window(text: str, focus: str) -> tuple[str, str, str]:
-    """(before, window, after): the window holds every table of profile `focus` and the table
-    before the first of them (whose end holds the comments that introduce it)."""
-    if focus == _FULL:
-        return "", text, ""
-    if focus == _APPEND:
-        return text, "", ""
-    headers = _headers(text)
-    if headers is None:
-        return "", text, ""
-    if focus == _TOP:
-        cut = headers[0][0] if headers else len(text)
-        return "", text[:cut], text[cut:]
-    mine = [i for i, (_, path) in enumerate(headers) if path[:2] == ("profiles", focus)]
-    if not mine or any(path == ("profiles",) for _, path in headers):
-        return "", text, ""  # dotted keys or `[profiles]` with inline profiles: read it all
-    first, last = mine[0], mine[-1]
-    start = headers[first - 1][0] if first > 0 else 0
-    end = headers[last + 1][0] if last + 1 < len(headers) else len(text)
-    return text[:start], text[start:end], text[end:]
-
-
-# What a header scan must step over: strings (a `[` inside them is no header), comments, brackets.
-_TOKENS = re.compile(
-    r'''"""(?:[^"\\]|\\.|"(?!""))*"{3,5}'''
-    r"""|'''(?:[^']|'(?!''))*'{3,5}"""
-    r'''|"(?:[^"\\\n]|\\.)*"'''
-    r"""|'[^'\n]*'"""
-    r"|#[^\n]*"
-    r"|[\[\]{}\n]"
-)
-
-
-def _headers(text: str) -> list[tuple[int, tuple[str, ...]]] | None:
-    """Where each `[table]` header line starts, and its key path; None when unsure (arrays of
-    tables, something unexpected). Strings, comments and multi-line arrays are skipped over."""
-    out: list[tuple[int, tuple[str, ...]]] = []
-    depth = 0
-    line_start = 0
-    pos = 0
-    n = len(text)
-    while pos < n:
-        m = _TOKENS.search(text, pos)
-        if m is None:
-            break
-        token, at = m.group(), m.start()
-        pos = m.end()
-        if token == "\n":
-            line_start = pos
-        elif token == "[" and depth == 0 and not text[line_start:at].strip():
-            end = text.find("\n", at)
-            end = n if end < 0 else end
-            path = _header_path(text[at:end])
-            if path is None:
-                return None
-            out.append((line_start, path))
-            pos = end
-        elif token in "[{":
-            depth += 1
-        elif token in "]}":
-            depth -= 1
-            if depth < 0:
-                return None
-        elif token[0] in "\"'" and (len(token) < 2 or token[-1] != token[0]):
-            return None  # an unterminated string: not a file to guess about
-    return out
-
-
-_HEADER_PART = re.compile(r"""\s*(?:([A-Za-z0-9_-]+)|"((?:[^"\\]|\\.)*)"|'([^']*)')\s*""")
-
-
-def _header_path(line: str) -> tuple[str, ...] | None:
-    import json
-
-    if line.startswith("[["):
-        return None
-    parts: list[str] = []
-    i = 1
-    while True:
-        m = _HEADER_PART.match(line, i)
-        if m is None:
-            return None
-        bare, basic, literal = m.groups()
-        if basic is not None:
-            try:
-                basic = json.loads(f'"{basic}"')
-            except ValueError:
-                return None
-        parts.append(bare if bare is not None else basic if basic is not None else literal)
-        i = m.end()
-        if line.startswith(".", i):
-            i += 1
-            continue
-        if not line.startswith("]", i):
-            return None
-        rest = line[i + 1 :].strip()
-        return tuple(parts) if not rest or rest.startswith("#") else None
+def _old_data(session: _Session, new_data: dict[str, Any]) -> dict[str, Any]:
+    """The whole file's data before the edit. After a windowed edit it is the new data with the
+    window's old content put back, which saves parsing the whole old text again."""
+    new_local = session.new_local
+    if not session.windowed or session._data is not None or new_local is None:
+        return session.data
+    old_local = session.local
+    old = dict(new_data)
+    for key in (old_local.keys() | new_local.keys()) - {"profiles"}:
+        if key in old_local:
+            old[key] = old_local[key]
+        else:
+            old.pop(key, None)
+    # A profile the edit changed lies wholly inside the window (_as_expected checked that only
+    # the profiles it meant changed), so its old body there is its whole old body.
+    profiles = dict(_profile_bodies(new_data))
+    old_profiles, new_profiles = _profile_bodies(old_local), _profile_bodies(new_local)
+    for name in old_profiles.keys() | new_profiles.keys():
+        if old_profiles.get(name) != new_profiles.get(name):
+            if name in old_profiles:
+                profiles[name] = old_profiles[name]
+            else:
+                profiles.pop(name, None)
+    if profiles or "profiles" in new_data:
+        old["profiles"] = profiles
+    return old
 
 
 def _no_file(target: EditTarget) -> KaiRunError:
@@ -1115,10 +1096,17 @@ def _read(path: str) -> tuple[str | None, os.stat_result | None]:
         ) from None
 
 
+# --- validating an edit: as much of the file as the edit can affect ---------------------------------
+
+
 def _validate(
     session: _Session, new_data: dict[str, Any] | ConfigError, *, check_semantics: bool
 ) -> None:
-    """Refuse the edit when the result would fail where the original did not."""
+    """Refuse the edit when the result would fail where the original did not.
+
+    Only what the edit can affect is checked: the profiles it changed, the profiles that extend
+    them (directly or not, in any file read), and the parents all of those resolve through. The
+    rest of the file is as it was, and keeps whatever problem it had."""
     path = session.path
     if isinstance(new_data, ConfigError):
         raise EditError(
@@ -1126,11 +1114,17 @@ def _validate(
             path,
             "edit this part of the file by hand",
         )
+    old_data = _old_data(session, new_data)
+    changed = _changed_profiles(old_data, new_data)
+    graphs = [_profile_bodies(old_data), _profile_bodies(new_data)]
+    graphs += [session.other_profiles(p) for p, _ in session.target.context if p != path]
+    affected = _extending(graphs, changed) if check_semantics else changed
+    involved = _ancestors(graphs, affected)
     try:
-        validate_document(new_data, path)
+        validate_document(_only(new_data, involved), path)
     except ConfigError as new_error:
         try:
-            validate_document(session.data, path)
+            validate_document(_only(old_data, involved), path)
         except ConfigError as old_error:
             if old_error.message() == new_error.message():
                 return  # a problem that was already there, not one this edit adds
@@ -1138,18 +1132,67 @@ def _validate(
     if not check_semantics:
         return
     try:
-        validate_document(session.data, path)
+        validate_document(_only(old_data, involved), path)
     except ConfigError:
         before = {}  # the file was broken before: only what the edit leaves counts
     else:
-        before = _semantic_problems(session, session.data)
-    after = _semantic_problems(session, new_data)
+        before = _semantic_problems(session, old_data, affected, changed)
+    after = _semantic_problems(session, new_data, affected, changed)
     for key, error in after.items():
         if key not in before or before[key].message() != error.message():
             raise error
 
 
-def _semantic_problems(session: _Session, data: dict[str, Any]) -> dict[str, KaiRunError]:
+def _changed_profiles(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    before, after = _profile_bodies(old), _profile_bodies(new)
+    names = dict.fromkeys([*before, *after])
+    return [n for n in names if before.get(n) != after.get(n)]
+
+
+def _extending(graphs: list[dict[str, Any]], names: list[str]) -> list[str]:
+    """`names` and every profile that extends one of them, directly or through others."""
+    children: dict[str, list[str]] = {}
+    for profiles in graphs:
+        for child, body in profiles.items():
+            parent = body.get("extends") if isinstance(body, dict) else None
+            if isinstance(parent, str):
+                children.setdefault(parent, []).append(child)
+    out = dict.fromkeys(names)
+    todo = list(names)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in out:
+                out[child] = None
+                todo.append(child)
+    return list(out)
+
+
+def _ancestors(graphs: list[dict[str, Any]], names: list[str]) -> list[str]:
+    """`names` and every profile they resolve through."""
+    out = dict.fromkeys(names)
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        for profiles in graphs:
+            body = profiles.get(name)
+            parent = body.get("extends") if isinstance(body, dict) else None
+            if isinstance(parent, str) and parent not in out:
+                out[parent] = None
+                todo.append(parent)
+    return list(out)
+
+
+def _only(data: Mapping[str, Any], names: list[str]) -> dict[str, Any]:
+    """The file's data with only the named profiles (the top-level keys all stay)."""
+    profiles = data.get("profiles")
+    if not isinstance(profiles, dict):
+        return dict(data)
+    return {**data, "profiles": {n: profiles[n] for n in names if n in profiles}}
+
+
+def _semantic_problems(
+    session: _Session, data: dict[str, Any], affected: list[str], changed: list[str]
+) -> dict[str, KaiRunError]:
     """What the loader would refuse only when a profile is used: extends, proxy URLs, default."""
     from kai_launch.profiles import resolve_profile
     from kai_launch.proxyurl import parse_proxy_url
@@ -1167,15 +1210,17 @@ def _semantic_problems(session: _Session, data: dict[str, Any]) -> dict[str, Kai
     problems: dict[str, KaiRunError] = {}
     for index, cfile in enumerate(files):
         view = Config(files[: index + 1])
-        for name in cfile.profiles:
-            try:
-                resolve_profile(view, name)
-            except KaiRunError as e:
-                problems[f"{cfile.path}\0{name}"] = e
+        for name in affected:
+            if name in cfile.profiles:
+                try:
+                    resolve_profile(view, name)
+                except KaiRunError as e:
+                    problems[f"{cfile.path}\0{name}"] = e
     mine = next(f for f in files if f.path == session.path)
-    for name, body in mine.profiles.items():
+    for name in changed:
+        body = mine.profiles.get(name)
         for key in (*PROXY_KEYS, "openai_proxy"):
-            value = body.get(key)
+            value = body.get(key) if isinstance(body, dict) else None
             if isinstance(value, str) and "${" not in value:
                 try:
                     parse_proxy_url(value, "")
@@ -1351,271 +1396,13 @@ def _changed_since(path: str, st: os.stat_result) -> bool:
     return (now.st_ino, now.st_size, now.st_mtime_ns) != (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-# --- rendering new values in the style of the old ones ---------------------------------------------
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _key_text(name: str) -> str:
-    return name if _BARE_KEY.fullmatch(name) else _basic(name)
-
-
-def _basic(text: str) -> str:
-    import tomlkit
-
-    return tomlkit.string(text).as_string()
-
-
-def _literal_ok(text: str) -> bool:
-    return "'" not in text and not any(ord(c) < 32 or ord(c) == 127 for c in text if c != "\t")
-
-
-def _canonical(value: object) -> str:
-    """How kai-run writes a new value: `"x"`, `["a", "b"]`, `{ env = "NAME" }`, true, 15."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        if "\n" in value:
-            return _multiline(value)
-        return _basic(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_canonical(v) for v in value) + "]"
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        return (
-            "{ " + ", ".join(f"{_key_text(k)} = {_canonical(v)}" for k, v in value.items()) + " }"
-        )
-    raise TypeError(f"cannot write {type(value).__name__}")
-
-
-def _multiline(value: str) -> str:
-    """A string with newlines as a \"\"\" block (readable), if that round-trips; else escaped."""
-    import tomllib
-
-    body = value.replace("\\", "\\\\").replace('"""', '""\\"')
-    body = "".join(c if c in "\n\t" or ord(c) >= 32 else f"\\u{ord(c):04x}" for c in body)
-    if body.endswith('"'):
-        body = body[:-1] + '\\"'
-    candidate = f'"""\n{body}"""'
-    try:
-        if tomllib.loads(f"v = {candidate}")["v"] == value:
-            return candidate
-    except tomllib.TOMLDecodeError:
-        pass
-    return _basic(value)
-
-
-def _styled(old: Any, value: object) -> str:
-    """The text for `value` replacing the tomlkit item `old`, in old's style where it can be."""
-    from tomlkit.items import Array, InlineTable, String, StringType
-
-    if isinstance(value, str) and isinstance(old, String):
-        if old.type is StringType.SLL and _literal_ok(value):
-            return f"'{value}'"
-        if old.type in (StringType.MLB, StringType.MLL) and "\n" in value:
-            return _multiline(value)
-        return _basic(value)
-    if isinstance(value, list) and isinstance(old, Array):
-        return _restyle_array(old, [str(v) for v in value])
-    if isinstance(value, dict) and isinstance(old, InlineTable):
-        return _restyle_inline(old, value)
-    return _canonical(value)
-
-
-class _Unit:
-    """One element of an array as written: indent/comment lines before it, the element, and what
-    follows it up to the end of its line (comma, comment)."""
-
-    __slots__ = ("after", "lead", "text", "value")
-
-    def __init__(self, lead: str, text: str, after: str, value: object) -> None:
-        self.lead = lead
-        self.text = text
-        self.after = after
-        self.value = value
-
-
-def _restyle_array(old: Any, values: list[str]) -> str:
-    """Edit an array of strings in place: kept elements keep their text, comments and layout;
-    new ones copy their neighbours' indentation and quoting. So removing what was added gives
-    back the original bytes."""
-    import difflib
-
-    from tomlkit.items import Comment, Null, String, StringType, Whitespace
-
-    tokens: list[tuple[str, bool, int]] = []  # (text, is_value, comma offset or -1)
-    olds: list[Any] = []
-    for tok in old._iter_items():
-        if isinstance(tok, (Whitespace, Comment, Null)):
-            text = tok.as_string()
-            comma = text.find(",") if isinstance(tok, Whitespace) else -1
-            tokens.append((text, False, comma))
-        elif isinstance(tok, String):
-            tokens.append((tok.as_string(), True, -1))
-            olds.append(tok)
-        else:
-            return _canonical(values)  # not an array of strings: nothing to preserve
-    if not olds:
-        return _canonical(values)
-    # Split into: opening, then per element (lead, text, after), then closing.
-    seps: list[tuple[str, int]] = [("", -1)]
-    elements: list[str] = []
-    for text, is_value, comma in tokens:
-        if is_value:
-            elements.append(text)
-            seps.append(("", -1))
-        else:
-            sep, at = seps[-1]
-            seps[-1] = (sep + text, len(sep) + comma if comma >= 0 and at < 0 else at)
-    multiline = "\n" in old.as_string()
-
-    def split_after(sep: str, comma: int) -> tuple[str, str]:
-        start = comma + 1 if comma >= 0 else 0
-        newline = sep.find("\n", start)
-        if comma < 0 and newline < 0:
-            return "", sep
-        cut = newline + 1 if newline >= 0 else comma + 1
-        return sep[:cut], sep[cut:]
-
-    first_sep, _ = seps[0]
-    newline = first_sep.find("\n")
-    opening, lead = (
-        (first_sep[: newline + 1], first_sep[newline + 1 :]) if newline >= 0 else ("", first_sep)
-    )
-    units: list[_Unit] = []
-    for i, text in enumerate(elements):
-        after, next_lead = split_after(*seps[i + 1])
-        units.append(_Unit(lead, text, after, olds[i].value))
-        lead = next_lead
-    closing = lead
-    trailing_comma = "," in units[-1].after.split("#", 1)[0]
-
-    def last_line(s: str) -> str:
-        return s.rpartition("\n")[2]
-
-    def comment_lines(s: str) -> str:
-        head, nl, _ = s.rpartition("\n")
-        return head + nl
-
-    lead_first = last_line(units[0].lead)
-    lead_other = last_line(units[1].lead) if len(units) > 1 else (lead_first if multiline else " ")
-    literal = all(o.type is StringType.SLL for o in olds)
-    comma_after = ",\n" if multiline else ","
-    last_after = comma_after if trailing_comma else ("\n" if multiline else "")
-
-    def element(value: str) -> str:
-        return f"'{value}'" if literal and _literal_ok(value) else _basic(value)
-
-    new_units: list[_Unit] = []
-    matcher = difflib.SequenceMatcher(None, [u.value for u in units], values, autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            new_units.extend(units[i1:i2])
-            continue
-        for j in range(j1, j2):
-            if tag == "replace" and j - j1 < i2 - i1:
-                base = units[i1 + j - j1]
-                new_units.append(_Unit(base.lead, element(values[j]), base.after, values[j]))
-            else:
-                new_units.append(_Unit(lead_other, element(values[j]), comma_after, values[j]))
-    for k, unit in enumerate(new_units):
-        if k == 0 and last_line(unit.lead) != lead_first:
-            unit.lead = comment_lines(unit.lead) + lead_first
-        elif k > 0 and unit is units[0]:
-            unit.lead = comment_lines(unit.lead) + lead_other
-        want_comma = k < len(new_units) - 1 or trailing_comma
-        code, hash_, comment = unit.after.partition("#")
-        has_comma = "," in code
-        if want_comma and not has_comma:
-            unit.after = "," + unit.after if unit.after or not multiline else comma_after
-        elif not want_comma and has_comma:
-            i = code.index(",")
-            unit.after = code[:i].rstrip(" ") + code[i + 1 :] + hash_ + comment
-        if k == len(new_units) - 1 and unit.after == "" and multiline and unit not in units:
-            unit.after = last_after
-    text = "[" + opening + "".join(u.lead + u.text + u.after for u in new_units) + closing + "]"
-    return text if _parses_to(text, values) else _canonical(values)
-
-
-def _restyle_inline(old: Any, value: dict[str, Any]) -> str:
-    """An inline table with one key changed: the other entries keep their text."""
-    written = old.as_string()
-    spaced = written.startswith("{ ") or written == "{}"
-    entries: list[str] = []
-    kept: set[str] = set()
-    for key, item in old.value.body:
-        if key is None or key.key not in value:
-            continue
-        kept.add(key.key)
-        new = value[key.key]
-        text = item.as_string() if _same(item.unwrap(), new) else _styled(item, new)
-        entries.append((key.as_string() + key.sep + text).strip())
-    for name, new in value.items():
-        if name not in kept:
-            entries.append(f"{_key_text(name)} = {_canonical(new)}")
-    if not entries:
-        return "{}"
-    inner = ", ".join(entries)
-    text = "{ " + inner + " }" if spaced else "{" + inner + "}"
-    return text if _parses_to(text, value) else _canonical(value)
-
-
-def _parses_to(text: str, value: object) -> bool:
-    import tomllib
-
-    try:
-        return bool(tomllib.loads(f"v = {text}")["v"] == value)
-    except tomllib.TOMLDecodeError:
-        return False
-
-
-def _parse_item(text: str) -> Any:
-    """A tomlkit item for `text` (a TOML value), parsed so that it renders exactly as written."""
-    import tomlkit
-
-    return tomlkit.parse(f"v = {text}").item("v")
-
-
-# --- finding and changing things in a tomlkit document ---------------------------------------------
-
-_DELETE: Any = object()
-
-
-def _parts(item: Any) -> list[Any]:
-    """The real tables one logical table is written as: itself, or the fragments of a table whose
-    sub-tables appear further down the file (tomlkit's OutOfOrderTableProxy)."""
-    from tomlkit.container import OutOfOrderTableProxy
-
-    if isinstance(item, OutOfOrderTableProxy):
-        return list(item._tables)
-    return [item]
-
-
-def _container(part: Any) -> Container:
-    from tomlkit.container import Container
-
-    return part if isinstance(part, Container) else part.value
-
-
-def _child(parts: list[Any], key: str) -> tuple[Any, Any] | None:
-    for part in parts:
-        container = _container(part)
-        if key in container:
-            return part, container.item(key)
-    return None
-
-
-def _has(parts: list[Any], key: str) -> bool:
-    return _child(parts, key) is not None
+# --- profiles in the document -----------------------------------------------------------------------
 
 
 def _profile_parts(session: _Session, name: str) -> list[Any]:
     profiles = session.profiles()
-    found = _child(profiles, name) if profiles is not None else None
-    if found is None:
+    found = tomledit.fragments(profiles or [], name)
+    if not found:
         others = [
             (path, scope)
             for path, scope in session.target.context
@@ -1631,7 +1418,7 @@ def _profile_parts(session: _Session, name: str) -> list[Any]:
                 f"with `kai-run profiles add {name} --extends {name}`",
             )
         raise _unknown_profile(name, session.path, list(_profile_bodies(session.data)))
-    return _parts(found[1])
+    return [item for _, _, item in found]
 
 
 def _lookup_value(data: Mapping[str, Any], name: str, parts: list[str]) -> object:
@@ -1641,426 +1428,6 @@ def _lookup_value(data: Mapping[str, Any], name: str, parts: list[str]) -> objec
             return None
         value = value.get(part)
     return value
-
-
-def _assign(doc: Any, node: list[Any], keys: list[str], value: Any, *, top: bool = False) -> None:
-    """Set (or with _DELETE remove) node[keys...] = value, creating tables where needed.
-
-    top: node is the `profiles` table and keys[0] a profile, which is never removed for being empty.
-    """
-    from tomlkit.items import InlineTable, Table
-
-    key = keys[0]
-    found = _child(node, key)
-    if len(keys) == 1:
-        if found is None:
-            if value is not _DELETE:
-                _insert_value(_value_part(node), key, _canonical(value))
-            return
-        part, old = found
-        if value is _DELETE:
-            _container(part).remove(key)
-        else:
-            _replace_value(part, key, _styled(old, value))
-        return
-    if found is None:
-        if value is not _DELETE:
-            _insert_table(_table_part(node), key, keys[1:], value)
-        return
-    part, child = found
-    if isinstance(child, InlineTable):
-        # `env = { A = "1" }` or a whole profile written inline: rewrite that one value.
-        new = _with(child.unwrap(), keys[1:], value)
-        if not new and not top:
-            _container(part).remove(key)
-        else:
-            _replace_value(part, key, _styled(child, new))
-        return
-    children = _parts(child)
-    if not all(isinstance(c, Table) for c in children):
-        raise EditError(f"'{key}' is not a table in this file", None, "edit it by hand")
-    _assign(doc, children, keys[1:], value)
-    if value is _DELETE and not top:
-        for table in children:
-            if _is_empty(table):
-                _remove_table(doc, table)
-
-
-def _with(mapping: dict[str, Any], keys: list[str], value: Any) -> dict[str, Any]:
-    out = dict(mapping)
-    if len(keys) == 1:
-        if value is _DELETE:
-            out.pop(keys[0], None)
-        else:
-            out[keys[0]] = value
-        return out
-    inner = out.get(keys[0])
-    inner = _with(inner if isinstance(inner, dict) else {}, keys[1:], value)
-    if inner:
-        out[keys[0]] = inner
-    else:
-        out.pop(keys[0], None)
-    return out
-
-
-def _value_part(node: list[Any]) -> Any:
-    """The part of a (possibly fragmented) table where a new plain value belongs."""
-    from tomlkit.items import InlineTable, Table
-
-    for part in node:
-        if isinstance(part, InlineTable):
-            raise EditError("cannot add a key to an inline table here", None, "edit it by hand")
-        if not isinstance(part, Table) or not part.is_super_table():
-            return part
-    return node[0]
-
-
-def _table_part(node: list[Any]) -> Any:
-    from tomlkit.items import Table
-
-    for part in node:
-        if isinstance(part, Table) and not part.is_super_table():
-            return part
-    part = node[0]
-    if not isinstance(part, Table):
-        raise EditError(
-            "this profile is not written as a [profiles.NAME] table",
-            None,
-            "rewrite it as a [profiles.NAME] table, or edit it by hand",
-        )
-    return part
-
-
-def _is_blank(item: Any) -> bool:
-    from tomlkit.items import Whitespace
-
-    return isinstance(item, Whitespace) and "\n" in item.as_string()
-
-
-def _kv_region(container: Container) -> tuple[int, int]:
-    """(index after the last key/value, index of the first sub-table or the end of the body)."""
-    from tomlkit.items import AoT, Null, Table
-
-    body = container.body
-    end = len(body)
-    last = -1
-    for i, (k, v) in enumerate(body):
-        if isinstance(v, (Table, AoT)) and k is not None and not k.is_dotted():
-            end = i
-            break
-        if k is not None and not isinstance(v, Null):
-            last = i
-    return last + 1, end
-
-
-def _after_attached(container: Container, start: int, end: int) -> int:
-    """Skip comments glued under the last key (a commented-out option) when a blank line ends
-    them; comments glued to the next header instead belong to that header."""
-    from tomlkit.items import Comment, Null
-
-    body = container.body
-    i = start
-    while i < end and isinstance(body[i][1], (Comment, Null)):
-        i += 1
-    if i < end and _is_blank(body[i][1]):
-        return i
-    return start
-
-
-def _insert_value(part: Any, key: str, text: str) -> None:
-    from tomlkit.container import Container
-    from tomlkit.items import SingleKey, Whitespace
-
-    container = _container(part)
-    start, end = _kv_region(container)
-    index = _after_attached(container, start, end)
-    item = _parse_item(text)
-    if isinstance(part, Container) and start == 0:
-        # The first top-level key (default_profile): after the file's opening comment block and
-        # its blank line, set apart by a blank line from the first table's comments.
-        body = container.body
-        if index < end and _is_blank(body[index][1]):
-            index += 1
-        item.trivia.trail = "\n"
-        _insert_keyless(container, index, Whitespace("\n"))
-        _insert(container, index, SingleKey(key), item)
-        return
-    new_key = SingleKey(key)
-    sibling = _last_kv(container, start)
-    if sibling is not None:
-        sib_key, sib_item = sibling
-        item.trivia.indent = sib_item.trivia.indent
-        # Copy the sibling's spacing around `=` (tomlkit keeps the space before it in the key).
-        written = sib_key.as_string()
-        spacing = written[len(written.rstrip()) :] + sib_key.sep
-        if spacing.strip() == "=":
-            new_key.sep = spacing
-    item.trivia.trail = "\n"
-    _insert(container, index, new_key, item)
-
-
-def _last_kv(container: Container, before: int) -> tuple[Any, Any] | None:
-    from tomlkit.items import Null, Table
-
-    for k, v in reversed(container.body[:before]):
-        if k is not None and not isinstance(v, (Null, Table)):
-            return k, v
-    return None
-
-
-def _insert(container: Container, index: int, key: Any, item: Any) -> None:
-    if index >= len(container.body):
-        previous = container.body[-1][1] if container.body else None
-        if (
-            previous is not None
-            and not _is_blank(previous)
-            and hasattr(previous, "trivia")
-            and "\n" not in previous.trivia.trail
-        ):
-            previous.trivia.trail += "\n"
-        container._raw_append(key, item)
-    else:
-        container._insert_at(index, key, item)
-
-
-def _insert_table(part: Any, key: str, keys: list[str], value: Any) -> None:
-    """Create `[<part>.key]` holding keys=value inside the profile's own block of the file: before
-    its first sub-table (and the comments glued to that one's header), or after its keys (before a
-    blank line and whatever comments introduce the next profile)."""
-    from tomlkit.items import Comment, Null, SingleKey, Whitespace
-
-    container = _container(part)
-    body = container.body
-    start, end = _kv_region(container)
-    table = _build_table(keys, value)
-    if end < len(body):
-        index = end
-        while index > start and isinstance(body[index - 1][1], (Comment, Null)):
-            index -= 1
-        previous = body[index - 1][1] if index else None
-        table.trivia.indent = "" if previous is not None and _is_blank(previous) else "\n"
-        _innermost(table).value._raw_append(None, Whitespace("\n"))
-    else:
-        index = _after_attached(container, start, end)
-        table.trivia.indent = "\n"
-    _insert(container, index, SingleKey(key), table)
-
-
-def _build_table(keys: list[str], value: Any) -> Table:
-    """A new table for keys=value: `[a]` + `X = v`, or for two keys a super table `a` holding
-    `[a.b]` + `X = v` (sidecar.env.X): the implicit parent needs no header of its own."""
-    import tomlkit
-    from tomlkit.items import SingleKey
-
-    table = tomlkit.table()
-    if len(keys) == 1:
-        item = _parse_item(_canonical(value))
-        item.trivia.trail = "\n"
-        table.value._raw_append(SingleKey(keys[0]), item)
-        return table
-    inner = _build_table(keys[1:], value)
-    outer = tomlkit.table(is_super_table=True)
-    outer.value._raw_append(SingleKey(keys[0]), inner)
-    return outer
-
-
-def _innermost(table: Table) -> Table:
-    from tomlkit.items import Table
-
-    while table.is_super_table():
-        inner = next(v for _, v in table.value.body if isinstance(v, Table))
-        table = inner
-    return table
-
-
-def _replace_value(part: Any, key: str, text: str) -> None:
-    container = _container(part)
-    # tomlkit copies the old item's indent, comment and line ending onto the new one.
-    container[key] = _parse_item(text)
-
-
-def _is_empty(table: Table) -> bool:
-    """No keys, no sub-tables, and no comments of its own (comments after a blank line at its end
-    introduce whatever follows, so they do not count)."""
-    from tomlkit.items import Comment, Null
-
-    seen_blank = False
-    for k, v in table.value.body:
-        if isinstance(v, Null):
-            continue
-        if k is not None:
-            return False
-        if _is_blank(v):
-            seen_blank = True
-        elif isinstance(v, Comment) and not seen_blank:
-            return False
-    return True
-
-
-class _Entry:
-    """One thing the document renders, in order: a header line or a leaf (key, comment, blank)."""
-
-    __slots__ = ("container", "header", "index", "item", "owners")
-
-    def __init__(
-        self, container: Container, index: int, item: Any, header: bool, owners: tuple[int, ...]
-    ) -> None:
-        self.container = container
-        self.index = index
-        self.item = item
-        self.header = header
-        self.owners = owners  # id() of every table this entry is inside
-
-
-def _flatten(doc: Any) -> list[_Entry]:
-    from tomlkit.container import _emits_header
-    from tomlkit.items import Null, Table
-
-    out: list[_Entry] = []
-
-    def walk(container: Container, owners: tuple[int, ...]) -> None:
-        for i, (k, v) in enumerate(container.body):
-            if isinstance(v, Null):
-                continue
-            if isinstance(v, Table) and k is not None and not k.is_dotted():
-                inner = (*owners, id(v))
-                if _emits_header(k, v):
-                    out.append(_Entry(container, i, v, True, inner))
-                walk(v.value, inner)
-            else:
-                out.append(_Entry(container, i, v, False, owners))
-
-    walk(_container(doc), ())
-    return out
-
-
-def _remove_table(doc: Any, table: Any) -> None:
-    """Remove a table and its sub-tables with the comments glued above its header, keeping the
-    comments that introduce what follows it (tomlkit stores those inside the removed table)."""
-    from tomlkit.items import Comment, Null, Whitespace
-
-    flat = _flatten(doc)
-    mine = [i for i, e in enumerate(flat) if id(table) in e.owners]
-    owner = _owner(doc, table)
-    if owner is None:
-        return
-    parent, index = owner
-    if not mine:
-        parent._remove_at(index)
-        return
-    first, last = mine[0], mine[-1]
-    lead: list[_Entry] = []
-    j = first - 1
-    while j >= 0 and not flat[j].header and isinstance(flat[j].item, Comment):
-        lead.append(flat[j])
-        j -= 1
-    while j >= 0 and not flat[j].header and isinstance(flat[j].item, Whitespace):
-        lead.append(flat[j])
-        j -= 1
-    run: list[_Entry] = []
-    k = last
-    while k > first and not flat[k].header and isinstance(flat[k].item, (Comment, Whitespace)):
-        run.insert(0, flat[k])
-        k -= 1
-    blank = next((n for n, e in enumerate(run) if _is_blank(e.item)), None)
-    keep = run if blank is None else run[blank:]
-    kept_text = "".join(e.item.as_string() for e in keep)
-    for e in lead:
-        e.container.body[e.index] = (None, Null())
-    parent._remove_at(index)
-    if not kept_text:
-        return
-    if lead:
-        slot = lead[-1]
-        slot.container.body[slot.index] = (None, Whitespace(kept_text))
-    elif j >= 0:
-        _append_after(flat[j].item, kept_text)
-    else:
-        _insert_keyless(_container(doc), 0, Whitespace(kept_text))
-
-
-def _append_after(item: Any, text: str) -> None:
-    """Add text right after what `item` renders (a dotted `a.b = 1` renders its last key)."""
-    from tomlkit.items import Null, Table
-
-    while isinstance(item, Table) and item.is_super_table():
-        item = next(v for _, v in reversed(item.value.body) if not isinstance(v, Null))
-    item.trivia.trail += text
-
-
-def _owner(doc: Any, table: Any) -> tuple[Container, int] | None:
-    """The container holding `table` and its index there."""
-    from tomlkit.items import Table
-
-    def search(container: Container) -> tuple[Container, int] | None:
-        for i, (_, v) in enumerate(container.body):
-            if v is table:
-                return container, i
-            if isinstance(v, Table):
-                found = search(v.value)
-                if found is not None:
-                    return found
-        return None
-
-    return search(_container(doc))
-
-
-def _insert_keyless(container: Container, index: int, item: Any) -> None:
-    for key, where in list(container._map.items()):
-        if isinstance(where, tuple):
-            container._map[key] = tuple(w + 1 if w >= index else w for w in where)
-        elif where >= index:
-            container._map[key] = where + 1
-    container._body.insert(index, (None, item))
-
-
-def _remove_profile_tables(session: _Session, name: str) -> None:
-    from tomlkit.items import Table
-
-    while True:
-        profiles = session.profiles()
-        assert profiles is not None
-        found = _child(profiles, name)
-        if found is None:
-            return
-        part, item = found
-        tables = [t for t in _parts(item) if isinstance(t, Table)]
-        if not tables:
-            _container(part).remove(name)  # `name = { ... }` under [profiles]
-            return
-        _remove_table(session.doc, tables[0])
-
-
-def _rename_key(session: _Session, old: str, new: str) -> None:
-    from tomlkit.items import SingleKey, Table
-
-    profiles = session.profiles()
-    assert profiles is not None
-    found = _child(profiles, old)
-    assert found is not None
-    part, _ = found
-    container = _container(part)
-    old_key = next(k for k in container._map if k.key == old)
-    if old_key.is_dotted():
-        raise EditError(
-            f"profile '{old}' is written with dotted keys",
-            session.where(old),
-            "rewrite it as a [profiles.NAME] table, or rename it by hand",
-        )
-    new_key = SingleKey(new)
-    new_key.sep = old_key.sep
-    where = container._map.pop(old_key)
-    value = dict.__getitem__(container, old)
-    for i in where if isinstance(where, tuple) else (where,):
-        _, item = container.body[i]
-        container.body[i] = (new_key, item)
-        if isinstance(item, Table):
-            item.name = new
-            # Sub-table headers are re-derived from the keys: [profiles.new.env]
-            item.invalidate_display_name()
-    container._map[new_key] = where
-    dict.__delitem__(container, old)
-    dict.__setitem__(container, new, value)
 
 
 def _dependents(session: _Session, name: str) -> list[str]:
@@ -2114,16 +1481,16 @@ def _absolute_paths(body: dict[str, Any], base_dir: str) -> dict[str, Any]:
 
 def _render_profile(name: str, body: Mapping[str, Any]) -> str:
     """A new profile as kai-run writes it: keys in schema order, tables after."""
-    prefix = f"profiles.{_key_text(name)}"
+    prefix = f"profiles.{tomledit.key_text(name)}"
     lines = [f"[{prefix}]\n"]
     tables: list[tuple[str, dict[str, Any]]] = []
     for key, value in body.items():
         if isinstance(value, dict) and not is_secret_ref(value):
             tables.append((key, value))
         else:
-            lines.append(f"{_key_text(key)} = {_canonical(value)}\n")
+            lines.append(f"{tomledit.key_text(key)} = {tomledit.canonical(value)}\n")
     for key, table in tables:
-        lines.append(_render_table(f"{prefix}.{_key_text(key)}", table))
+        lines.append(_render_table(f"{prefix}.{tomledit.key_text(key)}", table))
     return "".join(lines)
 
 
@@ -2133,10 +1500,10 @@ def _render_table(header: str, table: dict[str, Any]) -> str:
     text = ""
     if plain or not nested:
         text = f"\n[{header}]\n" + "".join(
-            f"{_key_text(k)} = {_canonical(v)}\n" for k, v in plain.items()
+            f"{tomledit.key_text(k)} = {tomledit.canonical(v)}\n" for k, v in plain.items()
         )
     for key, value in nested.items():
-        text += _render_table(f"{header}.{_key_text(key)}", value)
+        text += _render_table(f"{header}.{tomledit.key_text(key)}", value)
     return text
 
 

@@ -382,3 +382,46 @@ def test_set_on_a_200_profile_file_in_a_subprocess(kai_run, tmp_path):
     assert (
         tomllib.loads(path.read_text())["profiles"]["p100"]["https_proxy"] == "http://n.example:1"
     )
+
+
+# --- clear answers to common mistakes --------------------------------------------------------------
+
+
+def test_mistakes_get_a_real_hint(cfg):
+    c = ("-c", str(cfg))
+    for value in ("maybe", "1"):
+        line = assert_error(invoke(*c, "profiles", "set", "corp", "insecure", value))
+        assert "expected true or false" in line
+    result = invoke(*c, "profiles", "set", "corp", "insecure", "maybe")
+    assert "hint: insecure is true or false" in result.stderr
+    assert "--debug" not in result.stderr
+    assert_error(
+        invoke(*c, "profiles", "set", "corp", "extends", "corp"),
+        "extends cycle: profile 'corp' extends itself",
+    )
+    result = invoke(*c, "profiles", "set", "corp", "env.X", "--secret-env", "bad var")
+    assert_error(result, "invalid variable name 'bad var' given to --secret-env")
+    assert "env.X.env" not in result.stderr
+    for args in (("add", "a b"), ("rename", "corp", "bad name!"), ("copy", "corp", "x/y")):
+        assert_error(invoke(*c, "profiles", *args), "profile name", "KAI_RUN_PROFILE")
+    assert cfg.read_text() == COMMENTED
+
+
+def test_dotted_profiles_never_report_a_false_success(tmp_path):
+    path = tmp_path / "p.toml"
+    text = '[profiles]\na.https_proxy="http://p.example:1"\na.env.X="1"\n'
+    path.write_text(text, encoding="utf-8")
+    c = ("-c", str(path))
+    assert_error(
+        invoke(*c, "profiles", "unset", "a", "env.NEW"), "profile 'a' has no key 'env.NEW'"
+    )
+    for value in ("m", "n"):
+        result = invoke(*c, "profiles", "set", "a", "env.NEW", value)
+        assert result.exit_code == 0, result.stderr
+    assert path.read_text() == text + 'a.env.NEW="n"\n'
+    result = invoke(*c, "profiles", "unset", "a", "env.NEW")
+    assert result.exit_code == 0 and result.stdout.startswith("unset profiles.a.env.NEW")
+    assert path.read_text() == text
+    result = invoke(*c, "profiles", "unset", "a", "env.X")
+    assert result.exit_code == 0, result.stderr
+    assert path.read_text() == '[profiles]\na.https_proxy="http://p.example:1"\n'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -344,6 +345,209 @@ def test_new_array_elements_copy_the_quoting_of_the_others(tmp_path):
     assert path.read_text() == "[profiles.a]\nno_proxy = ['a', 'b', 'c']\n"
 
 
+HANGING = '[profiles.a]\ncheck_urls = ["https://a.example/",\n              "https://b.example/"]  # why\n'
+A, B, C = "https://a.example/", "https://b.example/", "https://c.example/"
+
+
+@pytest.mark.parametrize("change", [[A, B, C], [C, A, B], [A, C, B], [C, B], [B, A], [C, C]])
+def test_a_hanging_indent_array_keeps_its_layout(tmp_path, change):
+    path = tmp_path / "p.toml"
+    path.write_text(HANGING, encoding="utf-8")
+    edit.set_value(target(path), "a", "check_urls", repr(change).replace("'", '"'))
+    lines = path.read_text().splitlines()[1:]
+    assert len(lines) == len(change)
+    assert lines[0].startswith('check_urls = ["https://') and lines[-1].endswith('"]  # why')
+    assert all(line.startswith(" " * 14 + '"https://') for line in lines[1:])
+    assert all(line.endswith('",') for line in lines[:-1])
+    edit.set_value(target(path), "a", "check_urls", f'["{A}", "{B}"]')
+    assert path.read_text() == HANGING
+
+
+def test_an_array_shrunk_to_one_element_closes_where_it_did(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text(HANGING, encoding="utf-8")
+    edit.set_value(target(path), "a", "check_urls", '["https://x.example/"]')
+    assert path.read_text() == '[profiles.a]\ncheck_urls = ["https://x.example/"]  # why\n'
+    # One element on one line says nothing of the old layout: two come back on one line too.
+    edit.set_value(target(path), "a", "check_urls", f'["{A}", "{B}"]')
+    assert path.read_text() == f'[profiles.a]\ncheck_urls = ["{A}", "{B}"]  # why\n'
+    for written, shrunk in (
+        ('[\n  "a",\n  "b",\n]', '[\n  "b",\n]'),
+        ('[\n  "a",\n  "b"\n]', '[\n  "b"\n]'),
+        ('[\n    "a", "b",\n    "c",\n]', '[\n    "b",\n]'),
+    ):
+        text = f"[profiles.a]\nno_proxy = {written}\n"
+        path.write_text(text, encoding="utf-8")
+        edit.set_value(target(path), "a", "no_proxy", "b")
+        assert path.read_text() == f"[profiles.a]\nno_proxy = {shrunk}\n"
+        edit.set_value(target(path), "a", "no_proxy", "x,b")
+        assert path.read_text().count("\n") == text.count("\n")  # one element per line
+
+
+def test_a_multi_line_command_keeps_its_rows_indent_and_closing_bracket(tmp_path):
+    example = (REPO / "profiles.example.toml").read_text()
+    path = tmp_path / "p.toml"
+    path.write_text(example, encoding="utf-8")
+    original = tomllib.loads(example)["profiles"]["local-mitm"]["sidecar"]["command"]
+    edit.set_value(target(path), "local-mitm", "sidecar.command", "mitmdump -p 1")
+    text = path.read_text()
+    assert 'command = [\n  "mitmdump", "-p", "1",\n]      ' in text
+    edit.set_value(target(path), "local-mitm", "sidecar.command", "mitmdump -p 8080 --x")
+    assert 'command = [\n  "mitmdump", "-p", "8080",\n  "--x",\n]      ' in path.read_text()
+    edit.set_value(target(path), "local-mitm", "sidecar.command", json.dumps(original))
+    text = path.read_text()
+    # The comments of removed elements are gone with them; the layout is the file's own.
+    assert (
+        'command = [\n  "mitmdump", "--listen-host", "127.0.0.1", "-p", "8080",\n'
+        '  "-s",\n  "~/kai/add_auth_header.py",\n  "--set",\n  "corp_auth_hosts=api.openai.com",\n]'
+    ) in text
+    assert tomllib.loads(text)["profiles"]["local-mitm"]["sidecar"]["command"] == original
+    # A change inside a row stays inside it, and its reverse gives back the original bytes.
+    path.write_text(example, encoding="utf-8")
+    edit.set_value(target(path), "local-mitm", "sidecar.command", json.dumps(original[:4]))
+    edit.set_value(target(path), "local-mitm", "sidecar.command", json.dumps(original))
+    assert path.read_text() != example  # the removed rows' comments cannot come back...
+    path.write_text(example, encoding="utf-8")
+    changed = [*original[:3], "--quiet", *original[3:]]
+    edit.set_value(target(path), "local-mitm", "sidecar.command", json.dumps(changed))
+    assert '"127.0.0.1", "--quiet", "-p", "8080",\n' in path.read_text()
+    edit.set_value(target(path), "local-mitm", "sidecar.command", json.dumps(original))
+    assert path.read_text() == example  # ...but an element added and removed leaves no trace
+
+
+# --- variables keep their TOML type ---------------------------------------------------------------
+
+TYPED = """\
+[profiles.a.env]
+N = 1   # a number
+F = 1.5
+B = true
+S = "1"
+L = 'C:\\literal'
+M = \"\"\"
+line one
+line two\"\"\"
+
+[profiles.a.sidecar.env]
+PORT = 8080
+"""
+
+
+@pytest.mark.parametrize(
+    ("key", "new", "written", "old"),
+    [
+        ("env.N", "2", "N = 2   # a number", "1"),
+        ("env.N", "-7", "N = -7   # a number", "1"),
+        ("env.N", "two", 'N = "two"   # a number', None),
+        ("env.F", "2", "F = 2.0", "1.5"),
+        ("env.F", "2.25", "F = 2.25", "1.5"),
+        ("env.B", "false", "B = false", "true"),
+        ("env.B", "no", 'B = "no"', None),
+        ("env.S", "2", 'S = "2"', "1"),
+        ("env.L", "D:\\other", "L = 'D:\\other'", "C:\\literal"),
+        ("env.M", "one\ntwo", 'M = """\none\ntwo"""', "line one\nline two"),
+        ("env.M", "single", 'M = "single"', None),
+        ("sidecar.env.PORT", "9090", "PORT = 9090", "8080"),
+    ],
+)
+def test_a_variable_keeps_its_toml_type(tmp_path, key, new, written, old):
+    path = tmp_path / "p.toml"
+    path.write_text(TYPED, encoding="utf-8")
+    edit.set_value(target(path), "a", key, new)
+    assert written + "\n" in path.read_text()
+    load_config(str(path), {})
+    if old is not None:  # None: the text is not of the old type, so the variable is a string now
+        edit.set_value(target(path), "a", key, old)
+        assert path.read_text() == TYPED
+
+
+def test_a_new_variable_is_a_string(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text(TYPED, encoding="utf-8")
+    edit.set_value(target(path), "a", "env.NEW", "1")
+    edit.set_value(target(path), "a", "sidecar.env.NEW", "true")
+    data = loaded(path)["a"]
+    assert data["env"]["NEW"] == "1" and data["sidecar"]["env"]["NEW"] == "true"
+    result = edit.set_value(target(path), "a", "env.N", "1")
+    assert not result.changed  # 1 is what N holds: same type, same value
+
+
+# --- profiles written with dotted keys ---------------------------------------------------------------
+
+DOTTED_LAYOUTS = [
+    '[profiles]\na.https_proxy="http://p.example:1"\na.env.X="1"\n',
+    '[profiles]\n# a\na.https_proxy = "http://p.example:1"\na.env.X = "1"\na.env.Y = "2"\n\n'
+    '[profiles.b]\nextends = "a"\n',
+    '[profiles]\na.env.X = "1"\na.https_proxy = "http://p.example:1"\nb.description = "b"\n',
+    'profiles.a.https_proxy = "http://p.example:1"\nprofiles.a.env.X = "1"\n\n'
+    '[profiles.b]\nextends = "a"\n',
+    '[profiles]\na.https_proxy = "http://p.example:1"\n\n[profiles.a.env]\nX = "1"\n',
+    '[profiles]\na.https_proxy = "http://p.example:1"\na.env = { X = "1" }\n',
+]
+DOTTED_KEYS = ["insecure", "env.NEW", "proxy_auth.username", "sidecar.env.S", "description"]
+
+
+@pytest.mark.parametrize("text", DOTTED_LAYOUTS)
+def test_profiles_written_with_dotted_keys(tmp_path, text):
+    path = tmp_path / "p.toml"
+    before = tomllib.loads(text)["profiles"]["a"]
+    for key in DOTTED_KEYS:
+        path.write_text(text, encoding="utf-8")
+        edit.set_value(target(path), "a", key, "true" if key == "insecure" else "v")
+        value = loaded(path)["a"]
+        for part in key.split("."):
+            value = value[part]
+        assert value in (True, "v"), key
+        edit.set_value(target(path), "a", key, "false" if key == "insecure" else "w")
+        if "{" not in text:  # every line is still there: the new key went in beside them
+            assert all(line in path.read_text() for line in text.splitlines()), key
+        edit.unset_value(target(path), "a", key)
+        assert path.read_text() == text, key
+        with pytest.raises(KaiRunError, match=f"profile 'a' has no key '{key}'"):
+            edit.unset_value(target(path), "a", key)
+    for key, new in (("env.X", "2"), ("https_proxy", "http://q.example:2")):
+        edit.set_value(target(path), "a", key, new)
+        edit.set_value(target(path), "a", key, "1" if key == "env.X" else "http://p.example:1")
+        assert path.read_text() == text
+    for key in ("env.X", "https_proxy"):
+        path.write_text(text, encoding="utf-8")
+        edit.unset_value(target(path), "a", key)
+        after = tomllib.loads(path.read_text())["profiles"]
+        assert after["a"] == edit.tomledit.with_value(before, key.split("."), edit.tomledit.DELETE)
+        load_config(str(path), {})
+
+
+@pytest.mark.parametrize(
+    ("text", "profile", "key"),
+    [
+        ('[profiles.b]\nextends = "a"\n\n[profiles.b.sidecar.env]\nS = "x"\n\n[profiles.a]\n', "b", "sidecar.command"),
+        ('[profiles.a.env]\nX = "1"\n', "a", "description"),
+    ],
+)  # fmt: skip
+def test_a_header_that_a_set_gave_a_table_goes_with_the_unset(tmp_path, text, profile, key):
+    path = tmp_path / "p.toml"
+    path.write_text(text, encoding="utf-8")
+    edit.set_value(target(path), profile, key, "x y")
+    header = "[profiles." + ".".join([profile, *key.split(".")[:-1]]) + "]\n"
+    assert header in path.read_text()
+    edit.unset_value(target(path), profile, key)
+    assert path.read_text() == text
+
+
+def test_the_last_key_of_a_dotted_profile_cannot_go_silently(tmp_path):
+    path = tmp_path / "p.toml"
+    text = '[profiles]\na.env.X = "1"\nb.description = "b"\n'
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(KaiRunError, match="dotted keys and this is its last key") as info:
+        edit.unset_value(target(path), "a", "env.X")
+    assert "kai-run profiles remove a" in (info.value.hint or "")
+    assert path.read_text() == text
+    edit.remove_profile(target(path), "a")
+    assert path.read_text() == '[profiles]\nb.description = "b"\n'
+    with pytest.raises(KaiRunError, match="written with dotted keys"):
+        edit.rename_profile(target(path), "b", "c")
+
+
 # --- validation before writing ----------------------------------------------------------------------
 
 REFUSED = [
@@ -472,10 +676,27 @@ def test_rename_updates_extends_and_default_profile(rich):
 
 
 def test_rename_out_of_order_and_quoted(rich):
-    edit.rename_profile(target(rich), "corp-eu", "corp eu")
+    edit.rename_profile(target(rich), "corp-eu", "corp.eu")
     text = rich.read_text()
-    assert '[profiles."corp eu"]\n' in text and '[profiles."corp eu".proxy_auth]\n' in text
-    assert loaded(rich)["corp eu"]["proxy_auth"] == {"username": "eu-user"}
+    assert '[profiles."corp.eu"]\n' in text and '[profiles."corp.eu".proxy_auth]\n' in text
+    assert loaded(rich)["corp.eu"]["proxy_auth"] == {"username": "eu-user"}
+
+
+@pytest.mark.parametrize("bad", ["corp eu", "bad name!", "a/b", "ünï", "x$y", ""])
+def test_new_profile_names_are_what_a_command_line_can_carry(rich, bad):
+    for make in (
+        lambda: edit.add_profile(target(rich), bad),
+        lambda: edit.rename_profile(target(rich), "corp-eu", bad),
+        lambda: edit.copy_profile(target(rich), "corp", bad),
+    ):
+        with pytest.raises(KaiRunError) as info:
+            make()
+        assert "KAI_RUN_PROFILE" in (info.value.hint or "")
+    assert rich.read_text() == RICH
+    # Existing odd names still edit, and the allowed characters all work.
+    edit.set_value(target(rich), "with space", "description", "still editable")
+    edit.copy_profile(target(rich), "corp", "Corp.EU_2-b")
+    assert "Corp.EU_2-b" in loaded(rich)
 
 
 def test_rename_keeps_a_self_extends(tmp_path):
@@ -856,6 +1077,57 @@ def test_set_on_a_200_profile_file_is_fast(tmp_path):
     assert loaded(path)["p150"]["https_proxy"] == "http://new.example:1"
 
 
+def _bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_edit", REPO / "bench" / "edit.py")
+    assert spec and spec.loader
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_validation_covers_what_an_edit_can_affect(tmp_path):
+    path = tmp_path / "big.toml"
+    path.write_text(_bench().generate(30))  # p11..p19 extend p10, which extends base
+    before = path.read_text()
+    with pytest.raises(KaiRunError, match="extends cycle: p10 -> p15 -> p10"):
+        edit.set_value(target(path), "p10", "extends", "p15")
+    with pytest.raises(KaiRunError, match="extends unknown profile 'nowhere'"):
+        edit.set_value(target(path), "p10", "extends", "nowhere")
+    with pytest.raises(KaiRunError, match="has no scheme"):
+        edit.set_value(target(path), "p15", "https_proxy", "proxy:1")
+    with pytest.raises(KaiRunError, match="is extended by 'p11'"):
+        edit.remove_profile(target(path), "p10")
+    assert path.read_text() == before
+    # A problem elsewhere that was already there does not stop an edit, nor is it fixed by one.
+    path.write_text(before + '\n[profiles.broken]\nextends = "nowhere"\nhtps_proxy = 1\n')
+    edit.set_value(target(path), "p20", "https_proxy", "http://n.example:1")
+    edit.unset_value(target(path), "p21", "check_urls")
+    assert loaded(path)["p20"]["https_proxy"] == "http://n.example:1"
+    assert "check_urls" not in loaded(path)["p21"]
+
+
+def test_an_edit_of_the_site_file_that_breaks_a_user_profile_is_refused():
+    site = Path(os.environ["XDG_CONFIG_DIRS"]) / "kai-run" / "profiles.toml"
+    site.parent.mkdir(parents=True)
+    text = (
+        '[profiles.corp]\nhttps_proxy = "http://p.example:1"\n\n[profiles.lab]\nextends = "corp"\n'
+    )
+    site.write_text(text)
+    user = Path(os.environ["XDG_CONFIG_HOME"]) / "kai-run" / "profiles.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text('[profiles.mine]\nextends = "lab"\n')
+    where = edit.edit_target(None, {}, site=True)
+    with pytest.raises(KaiRunError, match="profile 'mine' extends unknown profile 'lab'"):
+        edit.rename_profile(where, "lab", "lab2")
+    with pytest.raises(
+        KaiRunError, match="'corp' extends unknown profile 'mine'"
+    ):  # site sees no user
+        edit.set_value(where, "corp", "extends", "mine")
+    assert site.read_text() == text
+
+
 # --- random edit sequences ---------------------------------------------------------------------------
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -906,7 +1178,7 @@ def test_random_edit_sequences_keep_the_file_valid_and_say_what_was_asked(tmp_pa
 
 
 def test_header_scan_matches_the_toml_parsers():
-    from kai_launch.edit import _headers
+    from kai_launch.tomledit import headers as _headers
 
     text = (
         'a = """\n[not.a.header]\n"""\n'
