@@ -336,27 +336,52 @@ def check_environment(
             )
         )
 
-    from kai_launch.noproxy import is_cidr
+    out.append(_check_no_proxy_cidr(profile, child))
+    return out
 
+
+def _check_no_proxy_cidr(profile: Profile, child: Mapping[str, str]) -> Check:
+    """`env.no-proxy-cidr`. Who honours a CIDR entry, as `kai-run route` finds it (asking
+    requests, urllib, httpx and httpx2 themselves): IPv4 ranges: curl, Go, requests and httpx2,
+    not httpx 0.28 nor urllib. IPv6 ranges: only Go and httpx2; requests, urllib and curl ignore
+    them, and httpx 0.28 cannot even build a client (InvalidURL), so every request of langchain
+    and the openai SDK 1.x/2.x fails: a fail, not a warning."""
+    from kai_launch.noproxy import is_cidr, is_ipv6_cidr
+
+    name, where = profile.name, f"no_proxy of profile '{profile.name}' ({profile.path})"
     no_proxy = child.get("NO_PROXY") or child.get("no_proxy") or ""
     cidrs = [e for e in no_proxy.split(",") if e and is_cidr(e)]
-    if cidrs:
-        out.append(
-            Check(
-                name,
-                "env.no-proxy-cidr",
-                "NO_PROXY",
-                WARN,
-                f"NO_PROXY has CIDR entries ({', '.join(cidrs)}): curl, Go, requests and httpx2 "
-                "honour them, but httpx (langchain, openai SDK 1.x/2.x) ignores them and sends "
-                "those hosts to the proxy",
-                f"list the hosts by name or IP in no_proxy of profile '{name}' "
-                f"({profile.path}) as well, e.g. internal-llm.corp.example",
-            )
+    if not cidrs:
+        return Check(name, "env.no-proxy-cidr", None, OK, "NO_PROXY has no CIDR entries")
+    v6 = [e for e in cidrs if is_ipv6_cidr(e)]
+    v4 = [e for e in cidrs if e not in v6]
+    parts = []
+    if v6:
+        entries, it = ("entries", "them") if len(v6) > 1 else ("entry", "it")
+        parts.append(
+            f"IPv6 CIDR {entries} {', '.join(v6)}: httpx (langchain, openai SDK 1.x/2.x) cannot "
+            f"create any client with {it} (InvalidURL), so all their requests fail; requests, "
+            f"urllib and curl ignore {it}; only Go and httpx2 honour {it}"
         )
-    else:
-        out.append(Check(name, "env.no-proxy-cidr", None, OK, "NO_PROXY has no CIDR entries"))
-    return out
+    if v4:
+        entries, it = ("entries", "them") if len(v4) > 1 else ("entry", "it")
+        parts.append(
+            f"CIDR {entries} {', '.join(v4)}: curl, Go, requests and httpx2 honour {it}, but "
+            f"httpx (langchain, openai SDK 1.x/2.x) and urllib ignore {it} and send those hosts "
+            "to the proxy"
+        )
+    message = "NO_PROXY has " + "; and ".join(parts)
+    if v6:
+        hint = (
+            f"remove {', '.join(v6)} from {where}, and list the IPv6 addresses that must go "
+            "direct one by one instead (e.g. 2001:db8::5)"
+        )
+        return Check(name, "env.no-proxy-cidr", "NO_PROXY", FAIL, message, hint)
+    hint = (
+        f"list the hosts by name or IP in {where} as well, e.g. internal-llm.corp.example or "
+        "10.1.2.3"
+    )
+    return Check(name, "env.no-proxy-cidr", "NO_PROXY", WARN, message, hint)
 
 
 def _show_value(value: str) -> str:
@@ -497,7 +522,8 @@ def probe_route(url: str, child: Mapping[str, str]) -> str | None:
 
 def no_proxy_matches(host: str, port: int, no_proxy: str) -> bool:
     """requests' reading of NO_PROXY: `*`; a name matches itself and its subdomains (a leading
-    dot or `*.` is ignored); `name:port` only on that port; IPs exactly; CIDR ranges."""
+    dot or `*.` is ignored); `name:port` only on that port; IPs exactly; CIDR ranges for IPv4
+    hosts only (requests checks ranges with `is_ipv4_address`: an IPv6 range never matches)."""
     host = host.strip("[]").rstrip(".").lower()
     try:
         ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
@@ -511,8 +537,11 @@ def no_proxy_matches(host: str, port: int, no_proxy: str) -> bool:
             continue
         if ip is not None:
             with contextlib.suppress(ValueError):
-                if "/" in entry and ip in ipaddress.ip_network(entry.strip("[]"), strict=False):
-                    return True
+                if "/" in entry:
+                    network = ipaddress.ip_network(entry.strip("[]"), strict=False)
+                    if ip.version == 4 and ip in network:
+                        return True
+                    continue
                 if ipaddress.ip_address(entry.strip("[]")) == ip:
                     return True
             continue
@@ -540,17 +569,30 @@ def requests_ca_file(child: Mapping[str, str]) -> str | None:
         return None  # no certifi: OpenSSL's default store
 
 
+def _line_clients(line: str) -> set[str]:
+    """The clients a disagreement line is about: its leading "a, b, c" list."""
+    names = set()
+    for word in line.split(" "):
+        names.add(word.rstrip(","))
+        if not word.endswith(","):
+            break
+    return names
+
+
 def judge_route(
     name: str, url: str, probed: str | None, report: RouteReport, profile_path: str
 ) -> Check:
     """The `target.route` row: the route doctor probed, checked against what requests,
     urllib, httpx and httpx2 answer themselves (`report`, redacted). ok when they all agree,
-    warn (naming the disagreement) when they do not."""
+    warn (naming the disagreement) when they do not, fail when one of them cannot send the
+    request at all (httpx cannot create a client under this environment)."""
     shown = _show_url(url)
     probed_shown = _show_url(probed) if probed else None
     answers = [(c, report.clients[c]) for c in ROUTE_CLIENTS if c in report.clients]
-    agree = [(c, r) for c, r in answers if r.proxy == probed_shown]
-    others = [(c, r) for c, r in answers if r.proxy != probed_shown]
+    failing = [(c, r) for c, r in answers if r.error]
+    working = [(c, r) for c, r in answers if not r.error]
+    agree = [(c, r) for c, r in working if r.proxy == probed_shown]
+    others = [(c, r) for c, r in working if r.proxy != probed_shown]
     if agree:
         why = agree[0][1].note.split("; CA:")[0].removeprefix("direct: ").removeprefix("via ")
     else:
@@ -559,36 +601,39 @@ def judge_route(
         message = f"{shown} goes through proxy {probed_shown} ({why})"
     else:
         message = f"{shown} goes direct ({why})"
-    if not others:
+    if not others and not failing:
         return Check(name, "target.route", shown, OK, message)
-    names = ", ".join(c for c, _ in others)
-    verb = "go" if len(others) > 1 else "goes"
-    theirs = f"through {others[0][1].proxy}" if others[0][1].proxy else "direct"
-    message += f"; but {names} {verb} {theirs}"
-    line = next((d for d in report.disagreements if any(d.startswith(c) for c, _ in others)), None)
-    hint = (f"clients disagree: {line}; " if line else "clients disagree; ") + (
-        f"see `kai-run route {shown} -p {name}`, and name the host itself in no_proxy "
-        f"({profile_path})"
+    if others:
+        names = ", ".join(c for c, _ in others)
+        verb = "go" if len(others) > 1 else "goes"
+        theirs = f"through {others[0][1].proxy}" if others[0][1].proxy else "direct"
+        message += f"; but {names} {verb} {theirs}"
+    for client, answer in failing:
+        message += f"; {client} fails: {answer.error}"
+    bad = {c for c, _ in others + failing}
+    lines = [d for d in report.disagreements if _line_clients(d) & bad]
+    see = f"see `kai-run route {shown} -p {name}`"
+    if failing:
+        # A client that cannot be created fails every request, whatever the URL: with kai-run's
+        # normalised no_proxy, because of an IPv6 CIDR entry (env.no-proxy-cidr names it), or
+        # because of a proxy scheme it cannot use (socks4://).
+        clients = ", ".join(c for c, _ in failing)
+        if any(r.entry for _, r in failing):
+            fix = (
+                f"remove the NO_PROXY entry named above from no_proxy ({profile_path}) and list "
+                "the addresses themselves"
+            )
+        else:
+            fix = (
+                f"change what the error names in profile '{name}' ({profile_path}), e.g. use "
+                "an http:// or socks5h:// proxy URL"
+            )
+        hint = f"{clients} cannot send any request under this profile: {fix}; {see}"
+        return Check(name, "target.route", shown, FAIL, message, hint)
+    hint = ("clients disagree: " + "; ".join(lines) + "; " if lines else "clients disagree; ") + (
+        f"{see}, and name the host itself in no_proxy ({profile_path})"
     )
     return Check(name, "target.route", shown, WARN, message, hint)
-
-
-@contextlib.contextmanager
-def private_environ() -> Iterator[None]:
-    """Give `os.environ` readers and writers a plain copy of it for the duration of the block.
-
-    Why: `route` asks the libraries by swapping `os.environ`, and each write of the real one
-    calls setenv(). Meanwhile the probe threads call getaddrinfo() and OpenSSL, which read the
-    C environment with getenv(), which glibc does not make safe against a concurrent setenv()
-    (the array can be reallocated under the reader). A plain dict has no C side: the libraries
-    still see the child's variables through `os.environ`, and the process's own are untouched.
-    """
-    real = os.environ
-    os.environ = dict(real)  # type: ignore[assignment]  # noqa: B003 (the point: no C side)
-    try:
-        yield
-    finally:
-        os.environ = real  # noqa: B003
 
 
 # --------------------------------------------------------------------------------------------
@@ -845,7 +890,10 @@ def _tls_hint(r: probe.ProbeResult, host: str, ca_file: str | None) -> Hint:
         if kind in (probe.KIND_UNTRUSTED, probe.KIND_SELF_SIGNED):
             where = f"ca_bundle of profile '{profile.name}' ({profile.path})"
             if "mitmproxy" in issuer.lower():
-                return f"add mitmproxy's CA to {where}: {_mitmproxy_ca_file(profile)}"
+                known = _mitmproxy_ca_file(profile)
+                if known:
+                    return f"add mitmproxy's CA, {known}, to {where}"
+                return f"add mitmproxy's CA (by default {MITMPROXY_CA}) to {where}"
             what = issuer or "the issuing CA"
             return (
                 f"add a PEM file with the CA certificate of '{what}' to {where} (ask whoever "
@@ -872,50 +920,265 @@ def _tls_hint(r: probe.ProbeResult, host: str, ca_file: str | None) -> Hint:
     return hint
 
 
-def _mitmproxy_ca_file(profile: Profile) -> str:
-    """mitmproxy's CA file: the sidecar's `ready_file` when it names one, else the default."""
-    ready_file = (profile.sidecar or {}).get("ready_file")
+def _mitmproxy_ca_file(profile: Profile) -> str | None:
+    """The CA file of the profile's mitmproxy sidecar: its `ready_file` when that is a .pem file
+    (the usual way to wait for mitmproxy's CA), else `mitmproxy-ca-cert.pem` in the confdir its
+    command sets (`--set confdir=DIR`); None when the profile says nothing (the CA is then in
+    the confdir of whichever mitmproxy runs, ~/.mitmproxy by default)."""
+    sidecar = profile.sidecar or {}
+    ready_file = sidecar.get("ready_file")
     if isinstance(ready_file, str) and ready_file.endswith(".pem"):
-        return ready_file
-    return MITMPROXY_CA
+        return _sidecar_path(profile, ready_file)
+    command = sidecar.get("command")
+    args = [str(a) for a in command] if isinstance(command, list) else []
+    for i, arg in enumerate(args):
+        option = arg.removeprefix("--set=") if arg.startswith("--set=") else None
+        if arg == "--set" and i + 1 < len(args):
+            option = args[i + 1]
+        if option is not None and option.startswith("confdir="):
+            confdir = _sidecar_path(profile, option.removeprefix("confdir="))
+            return os.path.join(confdir, "mitmproxy-ca-cert.pem")
+    return None
 
 
-def _target_hint(r: probe.ProbeResult, timeout: float, via: str, *, direct: bool) -> Hint:
+def _sidecar_path(profile: Profile, raw: str) -> str:
+    """A path from the sidecar table, expanded as the sidecar gets it (best effort: a hint)."""
+    from kai_launch.expand import expand_path
+
+    try:
+        return expand_path(raw, profile.sidecar_base_dir or os.getcwd(), os.environ, "sidecar")
+    except ConfigError:
+        return raw
+
+
+# --------------------------------------------------------------------------------------------
+# Plain http:// through an HTTP proxy: did the target answer, or the proxy in its name?
+
+# Forward proxies that sign their own error pages with their name in `Server` (mitmproxy:
+# "mitmproxy 11.0.2", squid: "squid/6.6"); an answer they pass on keeps the target's `Server`.
+_PROXY_SERVERS: Final = ("mitmproxy", "squid", "tinyproxy", "privoxy")
+_REASON_LIMIT: Final = 200
+_UNREACHABLE: Final = "check the host and port in the URL, and that the service runs there"
+
+
+def proxy_error(
+    status: int, reason: str, headers: Mapping[str, list[str]], body: bytes
+) -> str | None:
+    """The proxy's own reason when an answer to a request sent through an HTTP proxy was written
+    by the proxy (it could not, or would not, reach the target); None when the target answered,
+    or when nothing tells (the caller then treats a 502/504 as doubtful, not as a failure).
+
+    Conservative on purpose: a target may answer 403 or 502 itself (an API gateway whose backend
+    is down), and then the route works. So only a 403/502/503/504 counts, and only with positive
+    evidence of who wrote it (`headers` keys are lower case):
+    - `Proxy-Status` (RFC 9209) with an `error` parameter: the standard way for a proxy to say
+      that it failed (`error=destination_ip_refused; details="..."`);
+    - `X-Squid-Error`: squid puts it on its own error pages only;
+    - `Server` naming a forward proxy (`_PROXY_SERVERS`): mitmproxy's error pages say
+      "Server: mitmproxy <version>" and "[Errno 111] Connect call failed (...)" in the body.
+    Not `Via`: a proxy adds it to every answer it passes on as well, so it proves nothing.
+    """
+    if status not in probe.ERROR_PAGE_STATUSES:
+        return None
+    for value in reversed(headers.get("proxy-status", [])):
+        for member in reversed(value.split(",")):
+            params = _sf_params(member)
+            if "error" in params:
+                details = params.get("details")
+                return f"{params['error']} ({details})" if details else params["error"]
+    if squid := headers.get("x-squid-error"):
+        code, _, errno = squid[0].partition(" ")
+        if errno.isdigit() and int(errno):
+            return f"{code} ({os.strerror(int(errno))})"
+        return code
+    server = (headers.get("server") or [""])[0].lower()
+    if any(server.startswith(name) for name in _PROXY_SERVERS):
+        return _page_text(body, f"{status} {reason}") or f"{status} {reason}".strip()
+    return None
+
+
+def _sf_params(member: str) -> dict[str, str]:
+    """`; key=value` parameters of one structured-field list member (RFC 8941), unquoted."""
+    params: dict[str, str] = {}
+    for part in member.split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        value = value.strip()
+        if value.startswith('"') and value.endswith('"') and len(value) > 1:
+            value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        params[key.strip().lower()] = value
+    return params
+
+
+def _page_text(body: bytes, heading: str) -> str:
+    """The readable text of an (HTML) error page, without its title and its status heading."""
+    import html
+    import re
+
+    text = body.decode("utf-8", "replace")
+    text = re.sub(r"(?is)<(head|style|script)\b.*?</\1\s*>", " ", text)
+    text = html.unescape(re.sub(r"(?s)<[^>]*>", " ", text))
+    text = " ".join(text.split())
+    text = text.removeprefix(heading.strip()).strip(" :-")
+    if len(text) > _REASON_LIMIT:
+        text = text[: _REASON_LIMIT - 3].rstrip() + "..."
+    return text
+
+
+def http_through_proxy(proxy_url: str, url: str, timeout: float) -> probe.ProbeResult:
+    """`probe.http_via_proxy`, plus `detail["proxy_error"]`: the proxy's reason when it wrote the
+    answer itself (see `proxy_error`), else None."""
+    r = probe.http_via_proxy(proxy_url, url, timeout)
+    if r.ok:
+        r.detail["proxy_error"] = proxy_error(
+            r.detail["status"],
+            r.detail["reason"],
+            r.detail.get("headers", {}),
+            r.detail.get("page", b""),
+        )
+    return r
+
+
+def _judge_proxied_http(
+    r: probe.ProbeResult, host: str, timeout: float, via: str
+) -> tuple[str, str, Hint]:
+    """Status, message and hint of `target.http` for plain http:// through an HTTP proxy."""
+    if not r.ok:
+        return FAIL, r.message, _target_hint(r, timeout, via, host, direct=False, bypass=False)
+    code = r.detail.get("status")
+    status_text = f"{code} {r.detail.get('reason') or ''}".strip()
+    reason = r.detail.get("proxy_error")
+    proxy = r.detail.get("proxy", via)
+    target = r.detail.get("target", host)
+
+    def no_proxy(ctx: _Ctx) -> str:
+        return f"no_proxy of profile '{ctx.profile.name}' ({ctx.profile.path})"
+
+    if reason is not None and code == 403:
+        message = (
+            f"proxy {proxy} refused to fetch {target}: {reason} ({status_text} from the proxy)"
+        )
+        return (
+            FAIL,
+            message,
+            lambda ctx: (
+                f"the proxy will not fetch {host}: ask whoever runs it to allow the host; if "
+                f"{host} can be reached without the proxy, add it to {no_proxy(ctx)}"
+            ),
+        )
+    if reason is not None:
+        message = f"proxy {proxy} could not reach {target}: {reason} ({status_text} from the proxy)"
+        return (
+            FAIL,
+            message,
+            lambda ctx: (
+                f"the proxy could not reach {host}: {_UNREACHABLE}; if only this "
+                f"machine can reach {host}, add it to {no_proxy(ctx)}"
+            ),
+        )
+    if code in (502, 504):
+        message = (
+            f"HTTP {status_text} for {target} through proxy {proxy}: either the proxy could not "
+            "reach it, or the target's own gateway answered (nothing in the answer tells which)"
+        )
+        return (
+            WARN,
+            message,
+            lambda ctx: (
+                f"a proxy answers {code} when it cannot reach the target: check that {host} is up "
+                f"and the URL's port is right, or ask whoever runs the proxy; if only this "
+                f"machine can reach {host}, add it to {no_proxy(ctx)}"
+            ),
+        )
+    return OK, r.message, None
+
+
+def _target_hint(
+    r: probe.ProbeResult, timeout: float, via: str, host: str, *, direct: bool, bypass: bool
+) -> Hint:
     kind = r.detail.get("kind")
     if direct:
-        return lambda ctx: _direct_hint(kind, timeout, via, ctx)
+        return lambda ctx: _direct_hint(kind, timeout, via, host, ctx, bypass=bypass)
     if kind == probe.KIND_PROXY_AUTH:
         return _auth_hint(auth_sent=bool(r.detail.get("auth_sent")))
+    if kind == probe.KIND_PROXY_STATUS and r.detail.get("status") in (502, 503, 504):
+        return lambda ctx: (
+            f"the proxy could not reach {host}: {_UNREACHABLE}; if only this "
+            f"machine can reach {host}, add it to no_proxy of profile '{ctx.profile.name}' "
+            f"({ctx.profile.path})"
+        )
     if kind == probe.KIND_PROXY_STATUS:
         return lambda ctx: (
             f"the proxy would not connect to it: the proxy may block this host; if it must be "
             f"reached directly, add it to no_proxy of profile '{ctx.profile.name}' "
             f"({ctx.profile.path})"
         )
+    if kind == probe.KIND_DNS and r.detail.get("stage") == "socks":
+        # The proxy's own name resolved (stage "connect" would say otherwise): with socks5://
+        # it is the target's name that the client looks up itself, and that failed.
+        return lambda ctx: (
+            f"this machine cannot resolve the target {host}, and socks5:// makes the client "
+            f"resolve it: use socks5h:// in {ctx.where} so that the proxy resolves it, or check "
+            "the host name in the URL"
+        )
     return _network_hint(kind, timeout, via)
 
 
-def _direct_hint(kind: str | None, timeout: float, target: str, ctx: _Ctx) -> str:
+def _direct_hint(
+    kind: str | None, timeout: float, target: str, host: str, ctx: _Ctx, *, bypass: bool
+) -> str:
+    """`bypass`: direct only because of a NO_PROXY entry the profile could drop (never so for
+    loopback, which kai-run always sends direct); "take it out of no_proxy" is advice only then."""
+    no_proxy = f"no_proxy of profile '{ctx.profile.name}' ({ctx.profile.path})"
     if kind == probe.KIND_TIMEOUT:
+        if bypass:
+            return (
+                f"{target} did not answer within {timeout:g} s: check the URL, or whether this "
+                f"host must go through the proxy (remove it from {no_proxy}); raise --timeout "
+                "to wait longer"
+            )
+        if _is_loopback(host):
+            return (
+                f"nothing answered on {target} within {timeout:g} s: is the service running, "
+                "listening on that port and not stuck? raise --timeout to wait longer"
+            )
         return (
-            f"{target} did not answer within {timeout:g} s: check the URL, or whether this host "
-            f"must go through the proxy (remove it from no_proxy of profile "
-            f"'{ctx.profile.name}'); raise --timeout to wait longer"
+            f"{target} did not answer within {timeout:g} s: check the URL, that the host is up "
+            "and that no firewall drops the connection; raise --timeout to wait longer"
         )
     if kind == probe.KIND_REFUSED:
         return f"nothing listens on {target}: check the URL's port, and that the server runs"
     if kind == probe.KIND_DNS:
-        return (
-            f"this machine cannot resolve the name: if only the proxy can, remove the host from "
-            f"no_proxy of profile '{ctx.profile.name}' ({ctx.profile.path})"
-        )
+        if bypass:
+            return (
+                f"this machine cannot resolve {host}: if only the proxy can, remove the host "
+                f"from {no_proxy}"
+            )
+        return f"this machine cannot resolve {host}: check the host name in the URL, and DNS/VPN"
     return f"check that {target} is the right address and port, and that it is up"
 
 
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def run_target_chain(
-    url: str, proxy_url: str | None, ca_file: str | None, timeout: float, emit: Emit
+    url: str,
+    proxy_url: str | None,
+    ca_file: str | None,
+    timeout: float,
+    emit: Emit,
+    *,
+    bypass: bool = False,
 ) -> None:
-    """`target.tunnel`, `target.tls`, `target.http` for one URL over the chosen route."""
+    """`target.tunnel`, `target.tls`, `target.http` for one URL over the chosen route.
+
+    `bypass`: the URL goes direct only because of a NO_PROXY entry (see `Target.bypass`)."""
     host, port, scheme, path = _host_of(url)
     steps = _Steps(TARGET_STEPS, _show_url(url), emit)
     via = f"proxy {_show_url(proxy_url)}" if proxy_url else f"{host}:{port}"
@@ -926,8 +1189,9 @@ def run_target_chain(
         # Plain http:// goes to an HTTP proxy as an absolute-form request: no tunnel, no TLS.
         steps.put("target.tunnel", SKIP, "http:// URL through an HTTP proxy: no tunnel needed")
         steps.put("target.tls", SKIP, "http:// URL: no TLS")
-        r = probe.http_via_proxy(proxy_url, url, timeout)
-        steps.result("target.http", r, _target_hint(r, timeout, via, direct=direct))
+        r = http_through_proxy(proxy_url, url, timeout)
+        status, message, hint = _judge_proxied_http(r, host, timeout, via)
+        steps.put("target.http", status, message, hint, r.duration_ms)
         return
 
     if proxy_url and proxy_scheme not in ("http", "https", "socks5", "socks5h"):
@@ -937,7 +1201,9 @@ def run_target_chain(
     if direct and sock is not None:
         r = replace(r, message=f"{r.message} (direct)")
     if (
-        not steps.result("target.tunnel", r, _target_hint(r, timeout, via, direct=direct))
+        not steps.result(
+            "target.tunnel", r, _target_hint(r, timeout, via, host, direct=direct, bypass=bypass)
+        )
         or sock is None
     ):
         steps.skip_rest("skipped: no connection to the target")
@@ -969,7 +1235,9 @@ def run_target_chain(
         else:
             steps.put("target.tls", SKIP, "http:// URL: no TLS")
         r = probe.http_request(conn, host, path, timeout, port=port)
-        steps.result("target.http", r, _target_hint(r, timeout, via, direct=direct))
+        steps.result(
+            "target.http", r, _target_hint(r, timeout, via, host, direct=direct, bypass=bypass)
+        )
     finally:
         conn.close()
 
@@ -986,6 +1254,9 @@ class Target:
     proxy: str | None  # with credentials; None: direct
     ca_file: str | None
     error: Check | None = None  # a target.route failure: nothing to probe
+    # Direct only because a NO_PROXY entry says so: without NO_PROXY it would go through a
+    # proxy. Never true for loopback, which kai-run always sends direct.
+    bypass: bool = False
 
 
 @dataclass
@@ -1143,7 +1414,16 @@ def complete(job: ProfileJob, profile: Profile, environ: Mapping[str, str]) -> N
         if error is not None:
             job.targets.append(Target(url, None, None, _stamp(error, job, i, 0)))
         else:
-            job.targets.append(Target(url, probe_route(url, job.child), ca_file))
+            proxy = probe_route(url, job.child)
+            bypass = (
+                proxy is None
+                and not _is_loopback(_host_of(url)[0])
+                and probe_route(
+                    url, {k: v for k, v in job.child.items() if k.lower() != "no_proxy"}
+                )
+                is not None
+            )
+            job.targets.append(Target(url, proxy, ca_file, bypass=bypass))
 
 
 def _config_fail(job: ProfileJob, e: KaiRunError, where: str, start: float) -> Check:
@@ -1154,26 +1434,23 @@ def _config_fail(job: ProfileJob, e: KaiRunError, where: str, start: float) -> C
 def route_rows(jobs: list[ProfileJob], put: Callable[[Check], None]) -> None:
     """`target.route` for every live target, from `kai_launch.route` (which imports requests,
     httpx, httpx2 and aiohttp: about a second, spent while the probes wait on the network)."""
+    # `route` asks the libraries under the child's environment by swapping a plain dict in for
+    # `os.environ`, never calling setenv(): safe while the probe threads read the C environment.
     from kai_launch.route import route
 
-    with private_environ():
-        for job in jobs:
-            assert job.profile is not None
-            for i, target in job.live_targets():
-                start = time.monotonic()
-                try:
-                    report = route(target.url, job.child)
-                    check = judge_route(
-                        job.name, target.url, target.proxy, report, job.profile.path
-                    )
-                except KaiRunError as e:
-                    check = Check(
-                        job.name, "target.route", _show_url(target.url), FAIL, e.what, e.hint
-                    )
-                except Exception as e:  # a bug must not cost the other rows
-                    message = f"internal error in kai-run: {type(e).__name__}: {e}"
-                    check = Check(job.name, "target.route", _show_url(target.url), FAIL, message)
-                put(_stamp(replace(check, duration_ms=_ms_since(start)), job, i, 0))
+    for job in jobs:
+        assert job.profile is not None
+        for i, target in job.live_targets():
+            start = time.monotonic()
+            try:
+                report = route(target.url, job.child)
+                check = judge_route(job.name, target.url, target.proxy, report, job.profile.path)
+            except KaiRunError as e:
+                check = Check(job.name, "target.route", _show_url(target.url), FAIL, e.what, e.hint)
+            except Exception as e:  # a bug must not cost the other rows
+                message = f"internal error in kai-run: {type(e).__name__}: {e}"
+                check = Check(job.name, "target.route", _show_url(target.url), FAIL, message)
+            put(_stamp(replace(check, duration_ms=_ms_since(start)), job, i, 0))
 
 
 class Doctor:
@@ -1324,7 +1601,9 @@ class Doctor:
             put(_materialise(row, ctx, job, (t, 1 + TARGET_STEPS.index(row.check))))
 
         def chain(e: Emit) -> None:
-            run_target_chain(target.url, target.proxy, target.ca_file, self.timeout, e)
+            run_target_chain(
+                target.url, target.proxy, target.ca_file, self.timeout, e, bypass=target.bypass
+            )
 
         return lambda: _guard(chain, emit, TARGET_STEPS, target.url)
 

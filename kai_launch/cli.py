@@ -95,7 +95,10 @@ app.add_typer(sidecar_app, name="sidecar")
 ProfileOpt = Annotated[
     str | None,
     typer.Option(
-        "--profile", "-p", help="Profile name (else KAI_RUN_PROFILE, else default_profile)."
+        "--profile",
+        "-p",
+        metavar="NAME",
+        help="Profile name (else KAI_RUN_PROFILE, else default_profile).",
     ),
 ]
 ConfigOpt = Annotated[
@@ -103,16 +106,21 @@ ConfigOpt = Annotated[
     typer.Option(
         "--config",
         "-c",
+        metavar="FILE",
         help="Read only this profile file (else KAI_RUN_CONFIG, else site + user files).",
     ),
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="KEY=VALUE added to the child's environment (repeatable)."),
+    typer.Option(
+        "--set", metavar="KEY=VALUE", help="Added to the child's environment (repeatable)."
+    ),
 ]
 UnsetOpt = Annotated[
     list[str] | None,
-    typer.Option("--unset", help="KEY removed from the child's environment (repeatable)."),
+    typer.Option(
+        "--unset", metavar="KEY", help="Removed from the child's environment (repeatable)."
+    ),
 ]
 
 
@@ -183,7 +191,10 @@ def env_command(
     profile: ProfileOpt = None,
     config: ConfigOpt = None,
     fmt: Annotated[
-        str, typer.Option("--format", "-f", help="sh, fish, powershell, dotenv, json or github.")
+        str,
+        typer.Option(
+            "--format", "-f", metavar="FORMAT", help="sh, fish, powershell, dotenv, json or github."
+        ),
     ] = "sh",
     set_: SetOpt = None,
     unset: UnsetOpt = None,
@@ -309,11 +320,17 @@ def doctor_command(
     ] = False,
     url: Annotated[
         list[str] | None,
-        typer.Option("--url", help="URL to test (repeatable); default: the profile's check_urls."),
+        typer.Option(
+            "--url",
+            metavar="URL",
+            help="URL to test (repeatable); default: the profile's check_urls.",
+        ),
     ] = None,
     timeout: Annotated[
         float,
-        typer.Option("--timeout", min=0.01, help="Seconds allowed for each network step."),
+        typer.Option(
+            "--timeout", min=0.01, metavar="SECONDS", help="Seconds allowed for each network step."
+        ),
     ] = 5.0,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print only a JSON list of the checks.")
@@ -481,7 +498,9 @@ def sidecar_stop(
     grace: Annotated[
         float | None,
         typer.Option(
-            "--grace", help="Seconds between SIGTERM and SIGKILL (default: the profile's, or 5)."
+            "--grace",
+            metavar="SECONDS",
+            help="Seconds between SIGTERM and SIGKILL (default: the profile's, or 5).",
         ),
     ] = None,
 ) -> None:
@@ -501,7 +520,10 @@ def sidecar_stop(
 EditConfigOpt = Annotated[
     str | None,
     typer.Option(
-        "--config", "-c", help="Edit this file (else KAI_RUN_CONFIG, else your user file)."
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="Edit this file (else KAI_RUN_CONFIG, else your user file).",
     ),
 ]
 SiteOpt = Annotated[
@@ -556,26 +578,30 @@ def init_command(
 def profiles_add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Name of the new profile.")],
-    extends: Annotated[str | None, typer.Option("--extends", help="Parent profile.")] = None,
+    extends: Annotated[
+        str | None, typer.Option("--extends", metavar="PROFILE", help="Parent profile.")
+    ] = None,
     http_proxy: Annotated[
-        str | None, typer.Option("--http-proxy", help="Proxy for http:// URLs.")
+        str | None, typer.Option("--http-proxy", metavar="URL", help="Proxy for http:// URLs.")
     ] = None,
     https_proxy: Annotated[
-        str | None, typer.Option("--https-proxy", help="Proxy for https:// URLs.")
+        str | None, typer.Option("--https-proxy", metavar="URL", help="Proxy for https:// URLs.")
     ] = None,
     proxy: Annotated[
-        str | None, typer.Option("--proxy", help="Proxy for both http:// and https:// URLs.")
+        str | None,
+        typer.Option("--proxy", metavar="URL", help="Proxy for both http:// and https:// URLs."),
     ] = None,
     no_proxy: Annotated[
         list[str] | None,
-        typer.Option("--no-proxy", help="Host reached directly (repeatable)."),
+        typer.Option("--no-proxy", metavar="HOST", help="Host reached directly (repeatable)."),
     ] = None,
     ca_bundle: Annotated[
         list[str] | None,
-        typer.Option("--ca-bundle", help="PEM file of a CA to trust (repeatable)."),
+        typer.Option("--ca-bundle", metavar="FILE", help="PEM file of a CA to trust (repeatable)."),
     ] = None,
     description: Annotated[
-        str | None, typer.Option("--description", help="One line shown by `profiles list`.")
+        str | None,
+        typer.Option("--description", metavar="TEXT", help="One line shown by `profiles list`."),
     ] = None,
     from_env: Annotated[
         bool,
@@ -626,16 +652,23 @@ def profiles_set(
     value: Annotated[str | None, typer.Argument(help="New value (typed from the schema).")] = None,
     secret_env: Annotated[
         str | None,
-        typer.Option("--secret-env", help="Store { env = VAR }: read VAR when the profile runs."),
+        typer.Option(
+            "--secret-env",
+            metavar="VAR",
+            help="Store { env = VAR }: read VAR when the profile runs.",
+        ),
     ] = None,
     secret_file: Annotated[
         str | None,
-        typer.Option("--secret-file", help="Store { file = PATH }: read PATH when it runs."),
+        typer.Option(
+            "--secret-file", metavar="FILE", help="Store { file = PATH }: read PATH when it runs."
+        ),
     ] = None,
     secret_command: Annotated[
         str | None,
         typer.Option(
             "--secret-command",
+            metavar="COMMAND",
             help='Store { command = [...] }: run it when the profile runs ("gh auth token").',
         ),
     ] = None,

@@ -399,8 +399,16 @@ def tcp_connect(host: str, port: int, timeout: float) -> ProbeResult:
 
 
 def _proxy_request(
-    proxy: ProxyURL, request_target: str, host_header: str, deadline: _Deadline, *, auth: bool
-) -> _Response:
+    proxy: ProxyURL,
+    request_target: str,
+    host_header: str,
+    deadline: _Deadline,
+    *,
+    auth: bool,
+    page_for: tuple[int, ...] = (),
+) -> tuple[_Response, bytes]:
+    """GET through the proxy; the page is read too (up to PAGE_LIMIT) when the status is in
+    `page_for`, since an error page written by the proxy itself says why."""
     try:
         sock = _connect(proxy.host, proxy.port, deadline)
     except OSError as e:
@@ -421,7 +429,47 @@ def _proxy_request(
             data = _read_head(sock, deadline)
         except OSError as e:
             raise _os_failure(e, f"proxy {proxy.address}", deadline.timeout) from None
-    return _parse_head(data, f"proxy {proxy.address}")
+        resp = _parse_head(data, f"proxy {proxy.address}")
+        body = b""
+        if resp.status in page_for:
+            body = _read_page(sock, data.partition(b"\r\n\r\n")[2], resp, deadline)
+    return resp, body
+
+
+PAGE_LIMIT: Final = 16 * 1024  # error pages are small; the reason is near the top
+
+
+def _read_page(sock: socket.socket, body: bytes, resp: _Response, deadline: _Deadline) -> bytes:
+    length = resp.first("content-length")
+    want = min(int(length), PAGE_LIMIT) if length and length.isdigit() else PAGE_LIMIT
+    try:
+        while len(body) < want:
+            deadline.arm(sock)
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            body += chunk
+    except OSError:
+        pass  # out of time, or the proxy hung up: judge by what arrived
+    if "chunked" in (resp.first("transfer-encoding") or "").lower():
+        body = _dechunk(body)
+    return body[:PAGE_LIMIT]
+
+
+def _dechunk(data: bytes) -> bytes:
+    """The payload of a chunked body, as far as it arrived (best effort: it is only read)."""
+    out = b""
+    while data:
+        size_line, sep, rest = data.partition(b"\r\n")
+        try:
+            size = int(size_line.split(b";")[0], 16)
+        except ValueError:
+            return out or data
+        if not sep or size == 0:
+            break
+        out += rest[:size]
+        data = rest[size + 2 :]
+    return out
 
 
 def proxy_speaks_http(proxy_url: str, timeout: float) -> ProbeResult:
@@ -441,7 +489,7 @@ def proxy_speaks_http(proxy_url: str, timeout: float) -> ProbeResult:
         return _failed(f, deadline)
     try:
         target = f"http://{_hostport(_ascii_host(proxy.host), proxy.port)}/"
-        resp = _proxy_request(proxy, target, proxy.address, deadline, auth=False)
+        resp, _ = _proxy_request(proxy, target, proxy.address, deadline, auth=False)
     except _Fail as f:
         return _failed(f, deadline, proxy=proxy.address)
     detail = {"proxy": proxy.address, "status": resp.status, "reason": resp.reason}
@@ -451,13 +499,18 @@ def proxy_speaks_http(proxy_url: str, timeout: float) -> ProbeResult:
     return _result(True, f"proxy {proxy.address} speaks HTTP ({status})", deadline, **detail)
 
 
+# Statuses a proxy writes itself when it cannot reach, or refuses, a target.
+ERROR_PAGE_STATUSES: Final = (403, 502, 503, 504)
+
+
 def http_via_proxy(proxy_url: str, url: str, timeout: float) -> ProbeResult:
     """A plain `http://` URL through an HTTP proxy: `GET <url>` in absolute form, as clients
     send it, with Proxy-Authorization when the proxy URL has credentials. The proxy resolves
     the target; nothing is resolved here but the proxy's own name.
 
-    ok for any status except 407 (classified as in `open_tunnel`). A 502 or 504 may come from
-    the proxy itself when it cannot reach the target: `detail["server"]` usually tells.
+    ok for any status except 407 (classified as in `open_tunnel`). A 403/502/503/504 may come
+    from the proxy itself (it cannot reach or refuses the target): for those, `detail` also has
+    `headers` and `page` (the start of the body) so that a caller can tell who wrote it.
     """
     deadline = _Deadline(timeout)
     parts = urlsplit(url)
@@ -475,7 +528,9 @@ def http_via_proxy(proxy_url: str, url: str, timeout: float) -> ProbeResult:
     try:
         proxy = _parse_proxy(proxy_url, ("http",))
         base.update(proxy=proxy.address, auth_sent=proxy.has_credentials)
-        resp = _proxy_request(proxy, request_target, authority, deadline, auth=True)
+        resp, page = _proxy_request(
+            proxy, request_target, authority, deadline, auth=True, page_for=ERROR_PAGE_STATUSES
+        )
         if resp.status == 407:
             raise _proxy_auth_failure(resp, proxy, auth_sent=proxy.has_credentials)
     except _Fail as f:
@@ -483,6 +538,9 @@ def http_via_proxy(proxy_url: str, url: str, timeout: float) -> ProbeResult:
     detail = {**base, "status": resp.status, "reason": resp.reason}
     if server := resp.first("server"):
         detail["server"] = server
+    if resp.status in ERROR_PAGE_STATUSES:
+        detail["headers"] = resp.headers
+        detail["page"] = page
     status = f"{resp.status} {resp.reason}".strip()
     message = f"HTTP {status} for {authority} through proxy {proxy.address} (reachable)"
     return _result(True, message, deadline, **detail)

@@ -216,7 +216,10 @@ def route_report(report: RouteReport, *, as_json: bool) -> None:
     table.add_column("CA FILE", overflow="fold")
     table.add_column("WHY", overflow="fold", style="dim", ratio=1)
     for name, c in report.clients.items():
-        proxy = escape(c.proxy) if c.proxy else f"[green]{DIRECT}[/green]"
+        if c.error:
+            proxy = "[bold red]error[/bold red]"  # the WHY column says why: "error: ..."
+        else:
+            proxy = escape(c.proxy) if c.proxy else f"[green]{DIRECT}[/green]"
         table.add_row(escape(name), proxy, escape(c.ca_file or "-"), escape(c.note))
     out.print(table)
     if report.disagreements:

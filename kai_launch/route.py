@@ -44,6 +44,15 @@ class ClientRoute:
     ca_file: str | None
     note: str
     predicted: bool  # the library was not importable: its rules were applied instead
+    # Set when the client would fail before sending anything (e.g. httpx cannot create a client):
+    # `proxy` is then None, and `note` starts with "error:" (after any "predicted" prefix).
+    error: str | None = None
+    entry: str | None = None  # the NO_PROXY entry that decided "direct" or caused the error
+
+    @property
+    def answer(self) -> str:
+        """The proxy, "direct", or "error" (the route column of the table)."""
+        return "error" if self.error else self.proxy or DIRECT
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,7 @@ def render_text(report: RouteReport) -> list[str]:
     lines = [f"route for {report.url}"]
     for name, c in report.clients.items():
         ca = c.ca_file or "-"
-        lines.append(f"  {name:<{width}}  {c.proxy or DIRECT}  CA {ca}  ({c.note})")
+        lines.append(f"  {name:<{width}}  {c.answer}  CA {ca}  ({c.note})")
     if report.disagreements:
         lines.append("disagreements:")
         lines.extend(f"  - {line}" for line in report.disagreements)
@@ -111,23 +120,26 @@ _ENVIRON_LOCK = threading.Lock()
 
 @contextlib.contextmanager
 def _process_environ(env: Mapping[str, str]) -> Iterator[None]:
-    """Make `os.environ` exactly `env` inside the block, and restore it in `finally`.
+    """Make `os.environ` a plain dict holding exactly `env` inside the block, and put the real one
+    back in `finally`.
 
     Why: requests, urllib, httpx, httpx2 and aiohttp read proxy variables from `os.environ` and take
-    no environment argument, and `route` must call their own code rather than guess it. The lock
-    serialises `route` with itself; other threads that read the environment meanwhile would see
-    the child's environment, so callers that run checks in threads (doctor) should call `route`
-    before starting them or from a single thread.
+    no environment argument, and `route` must call their own code rather than guess it. Why a plain
+    dict instead of clearing and refilling the real mapping: each write of the real one calls
+    setenv(), and glibc does not make getenv() safe against a concurrent setenv() (the array can
+    be reallocated under the reader), while doctor's probe threads call getaddrinfo() and OpenSSL,
+    which read the C environment. A dict has no C side: the libraries see `env` through
+    `os.environ`, and the process's C environment is never touched. The swap is one assignment,
+    so no thread ever sees a half-cleared environment; Python code in other threads that reads
+    `os.environ` during the block does see `env`. The lock serialises `route` with itself.
     """
     with _ENVIRON_LOCK:
-        saved = dict(os.environ)
+        real = os.environ
+        os.environ = dict(env)  # type: ignore[assignment]  # noqa: B003 (the point: no C side)
         try:
-            os.environ.clear()
-            os.environ.update(env)
             yield
         finally:
-            os.environ.clear()
-            os.environ.update(saved)
+            os.environ = real  # noqa: B003
 
 
 def _without_no_proxy(env: Mapping[str, str]) -> dict[str, str]:
@@ -184,6 +196,9 @@ class _Verdict:
 
 
 Evaluator = Callable[[_Target, Mapping[str, str]], _Verdict]
+# The start of the error of a client that fails in its constructor: every request fails then,
+# whatever its URL.
+_NO_CLIENT: Final = "cannot create a client: "
 
 
 def _urllib_family_no_proxy(env: Mapping[str, str]) -> tuple[str, str] | None:
@@ -291,7 +306,8 @@ def _httpx_family(package: str) -> Evaluator:
                 if value is not None:
                     mod.Proxy(url=value)
         except Exception as exc:  # the client's own error, reported as such
-            return _Verdict(None, error=f"{package}.Client() raises {type(exc).__name__}: {exc}")
+            why = f"{package}.Client() raises {type(exc).__name__}: {exc}"
+            return _Verdict(None, error=f"{_NO_CLIENT}{why}")
         url = mod.URL(t.url)
         for pattern, value in patterns:
             if pattern.matches(url):
@@ -337,13 +353,17 @@ def _httpx_family_predicted(*, cidr: bool) -> Evaluator:
                     network = ipaddress.ip_network(entry, strict=False)
                     bypassed |= host_ip is not None and host_ip in network
                 elif "/" in entry and ":" in base:
-                    return _Verdict(None, error=f"httpx.Client() raises InvalidURL ({entry!r})")
+                    return _Verdict(
+                        None, error=f"{_NO_CLIENT}httpx.Client() raises InvalidURL ({entry!r})"
+                    )
                 else:
                     bypassed |= t.host == base.lower()
                 continue
             if entry.startswith("["):
                 if not cidr:
-                    return _Verdict(None, error=f"httpx.Client() raises InvalidURL ({entry!r})")
+                    return _Verdict(
+                        None, error=f"{_NO_CLIENT}httpx.Client() raises InvalidURL ({entry!r})"
+                    )
                 bypassed |= t.host == entry.strip("[]").lower()
                 continue
             if entry.lower() == "localhost":
@@ -936,10 +956,11 @@ def _deciding_entry(
 ) -> str | None:
     """The first NO_PROXY entry that alone makes the client go direct (or fail)."""
     var, value = no_proxy
-    if not want_error:
-        without = evaluate(t, _without_no_proxy(env))
-        if not without.proxy:
-            return None  # direct even without NO_PROXY: NO_PROXY did not decide
+    without = evaluate(t, _without_no_proxy(env))
+    if want_error and without.error:
+        return None  # fails even without NO_PROXY (e.g. a proxy scheme it cannot use)
+    if not want_error and not without.proxy:
+        return None  # direct even without NO_PROXY: NO_PROXY did not decide
     for entry in _entries(value):
         alone = evaluate(t, _with_no_proxy(env, var, entry))
         if (alone.error is not None) if want_error else (not alone.proxy and not alone.error):
@@ -1137,7 +1158,9 @@ def route(url: str, env: Mapping[str, str]) -> RouteReport:
     return RouteReport(
         url=url,
         clients={
-            r.client: ClientRoute(r.client, r.proxy, r.ca_file, r.note, r.predicted)
+            r.client: ClientRoute(
+                r.client, r.proxy, r.ca_file, r.note, r.predicted, r.error, r.entry
+            )
             for r in results
         },
         disagreements=_disagreements(results, env),

@@ -556,11 +556,19 @@ def test_socks4_is_connected_to_but_not_probed(write_profiles, socks5_server):
         check_urls = ["https://{FAR_HOST}:9/v1/models"]
     """)
     code, rows, _, _ = doctor("-c", str(path), "-p", "old")
-    assert code == 0, rows
     assert row(rows, "proxy.tcp")["status"] == "ok"
     assert row(rows, "proxy.socks")["status"] == "skip"
     assert row(rows, "target.tunnel")["status"] == "skip"
     assert socks5_server.connects == []
+    # httpx and httpx2 cannot create a client with a socks4:// proxy: every request of the
+    # openai SDK and langchain would fail, so that is the one failure.
+    assert code == 1
+    assert [r["check"] for r in rows if r["status"] == "fail"] == ["target.route"]
+    route = row(rows, "target.route")
+    assert "httpx fails: cannot create a client" in route["message"]
+    assert "goes direct" not in route["message"]
+    assert "no_proxy" not in route["hint"]
+    assert "socks5h://" in route["hint"]
 
 
 def test_socks_proxy_that_is_not_socks(write_profiles, hanging_server, mitmdump):
@@ -828,3 +836,404 @@ def test_abandoned_run_stops_its_chains(write_profiles, hanging_server):
             break
         time.sleep(0.05)
     assert not [t for t in threading.enumerate() if t.name.startswith("kai-doctor")]
+
+
+# --- plain http:// through a proxy: the proxy's own error is not the target's answer -------------
+
+
+class _StatusHandler(BaseHTTPRequestHandler):
+    """Answers every request with the server's `status`, `headers` and `body`."""
+
+    protocol_version = "HTTP/1.1"
+    server: StatusServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def version_string(self) -> str:
+        return self.server.headers.get("Server") or super().version_string()
+
+    def _answer(self) -> None:
+        self.server.seen.append((self.command, self.path))
+        self.send_response(self.server.status)
+        for name, value in self.server.headers.items():
+            if name != "Server":  # sent by send_response, from version_string()
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(self.server.body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(self.server.body)
+
+    do_GET = do_HEAD = do_CONNECT = _answer
+
+
+class StatusServer(ThreadingHTTPServer):
+    """Plain HTTP on `host` that gives every request the same answer: an upstream that answers
+    502 itself, or (on 127.0.0.1) a filtering proxy that refuses everything. It never connects
+    anywhere."""
+
+    daemon_threads = True
+
+    def __init__(
+        self, host: str, status: int, headers: dict[str, str] | None = None, body: bytes = b""
+    ) -> None:
+        super().__init__((host, 0), _StatusHandler)
+        self.status, self.headers, self.body = status, headers or {}, body
+        self.seen: list[tuple[str, str]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.server_address[0]}:{self.server_address[1]}"
+
+
+@contextlib.contextmanager
+def status_server(host: str, status: int, **kwargs: Any) -> Iterator[StatusServer]:
+    server = StatusServer(host, status, **kwargs)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_plain_http_the_proxy_cannot_reach_fails_with_the_proxys_reason(write_profiles, mitmdump):
+    mitm = mitmdump()
+    port = closed_port()
+    path = write_profiles(f"""
+        [profiles.down]
+        http_proxy = "{mitm.url}"
+        https_proxy = "{mitm.url}"
+    """)
+    code, rows, _, _ = doctor(
+        "-c",
+        str(path),
+        "-p",
+        "down",
+        "--url",
+        f"http://{FAR_HOST}:{port}/down",
+        "--url",
+        f"https://{FAR_HOST}:{port}/down",
+    )
+    assert code == 1
+    http, https = (r for r in rows if r["check"] == "target.http")
+    assert http["status"] == "fail", http
+    # mitmproxy's own 502 page (Server: mitmproxy) says why, and the row passes that on.
+    assert f"could not reach {FAR_HOST}:{port}" in http["message"]
+    assert "Connect call failed" in http["message"]
+    assert "502 Bad Gateway from the proxy" in http["message"]
+    assert "reachable" not in http["message"]
+    assert http["hint"].startswith(f"the proxy could not reach {FAR_HOST}:")
+    assert "no_proxy" in http["hint"]
+    # The same target over https: the CONNECT fails, with the same advice.
+    assert https["status"] == "skip"
+    tunnel = [r for r in rows if r["check"] == "target.tunnel"][1]
+    assert tunnel["status"] == "fail"
+    assert "502" in tunnel["message"]
+    assert tunnel["hint"].startswith(f"the proxy could not reach {FAR_HOST}:")
+
+
+def test_plain_http_status_from_the_target_itself_is_not_the_proxys(write_profiles, mitmdump):
+    mitm = mitmdump()
+    with (
+        status_server(FAR_HOST, 502, body=b"backend down") as gateway,
+        status_server(FAR_HOST, 403, body=b"no key") as forbidden,
+    ):
+        path = write_profiles(f"""
+            [profiles.up]
+            http_proxy = "{mitm.url}"
+        """)
+        code, rows, _, _ = doctor(
+            "-c", str(path), "-p", "up", "--url", f"{gateway.url}/v1", "--url", f"{forbidden.url}/"
+        )
+    assert gateway.seen == [("GET", "/v1")]
+    assert forbidden.seen == [("GET", "/")]
+    bad_gateway, refused = (r for r in rows if r["check"] == "target.http")
+    # A 502 that mitmproxy passed on: nothing says who wrote it, so doubtful, not failed.
+    assert bad_gateway["status"] == "warn", bad_gateway
+    assert "either the proxy could not reach it" in bad_gateway["message"]
+    assert bad_gateway["hint"]
+    # Any other status from the target means it was reached (an API may well say 403).
+    assert refused["status"] == "ok", refused
+    assert "reachable" in refused["message"]
+    assert code == 0
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({"Server": "squid/6.6", "X-Squid-Error": "ERR_ACCESS_DENIED 0"}, "ERR_ACCESS_DENIED"),
+        (
+            {"Proxy-Status": 'corp-proxy; error=http_request_denied; details="category: AI"'},
+            "http_request_denied (category: AI)",
+        ),
+    ],
+)
+def test_plain_http_refused_by_a_filtering_proxy_fails(write_profiles, headers, reason):
+    with status_server("127.0.0.1", 403, headers=headers, body=b"<h1>Access denied</h1>") as proxy:
+        path = write_profiles(f"""
+            [profiles.filtered]
+            http_proxy = "{proxy.url}"
+        """)
+        code, rows, _, _ = doctor(
+            "-c", str(path), "-p", "filtered", "--url", "http://kai-target.invalid/v1"
+        )
+    assert code == 1
+    http = row(rows, "target.http")
+    assert http["status"] == "fail", http
+    assert f"refused to fetch kai-target.invalid: {reason}" in http["message"]
+    assert "403 Forbidden from the proxy" in http["message"]
+    assert "allow" in http["hint"]
+    assert ("GET", "http://kai-target.invalid/v1") in proxy.seen
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "expected"),
+    [
+        (
+            502,
+            {"server": ["mitmproxy 11.0.2"]},
+            b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1>"
+            b"<p>[Errno 111] Connect call failed (&#x27;127.0.0.2&#x27;, 80)</p></body></html>",
+            "[Errno 111] Connect call failed ('127.0.0.2', 80)",
+        ),
+        (504, {"server": ["mitmproxy 11.0.2"]}, b"", "504 Gateway Timeout"),
+        (503, {"x-squid-error": ["ERR_CONNECT_FAIL 111"]}, b"", None),  # reason filled below
+        (502, {"proxy-status": ["cdn, corp; error=dns_error"]}, b"", "dns_error"),
+        # A target's own answers, passed on: Via is added by every proxy, so it proves nothing.
+        (502, {"server": ["nginx"], "via": ["1.1 squid"]}, b"bad gateway", None),
+        (502, {}, b"", None),
+        (401, {"server": ["mitmproxy 11.0.2"]}, b"", None),
+        (200, {"proxy-status": ["corp; error=dns_error"]}, b"", None),
+    ],
+)
+def test_proxy_error_tells_the_proxys_page_from_the_targets(status, headers, body, expected):
+    import os
+
+    from kai_launch.checks import proxy_error
+
+    reason = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}.get(
+        status, ""
+    )
+    if "x-squid-error" in headers:
+        expected = f"ERR_CONNECT_FAIL ({os.strerror(111)})"
+    assert proxy_error(status, reason, headers, body) == expected
+
+
+# --- IPv6 CIDR in NO_PROXY: httpx cannot even create a client ------------------------------------
+
+
+def test_ipv6_cidr_in_no_proxy_fails_and_route_says_httpx_fails(write_profiles, resolver_guard):
+    path = write_profiles(f"""
+        [profiles.v6]
+        https_proxy = "http://127.0.0.1:{closed_port()}"
+        no_proxy = ["2001:db8::/32"]
+    """)
+    code, rows, _, _ = doctor(
+        "-c", str(path), "-p", "v6", "--url", "https://kai-target.invalid/v1", "--timeout", "1"
+    )
+    assert code == 1
+    cidr = row(rows, "env.no-proxy-cidr")
+    assert cidr["status"] == "fail"
+    assert "IPv6 CIDR entry 2001:db8::/32" in cidr["message"]
+    assert "cannot create any client" in cidr["message"]
+    assert "urllib" in cidr["message"]
+    assert "remove 2001:db8::/32" in cidr["hint"]
+    assert "list the IPv6 addresses" in cidr["hint"]
+    route = row(rows, "target.route")
+    assert route["status"] == "fail"
+    assert route["message"].startswith(
+        "https://kai-target.invalid/v1 goes through proxy http://127.0.0.1:"
+    )
+    assert (
+        "httpx fails: cannot create a client: httpx.Client() raises InvalidURL"
+        in (route["message"])
+    )
+    assert "goes direct" not in route["message"]
+    assert "httpx cannot send any request" in route["hint"]
+    assert resolver_guard == []
+
+
+def test_ipv4_cidr_wording_names_urllib_too():
+    from kai_launch.checks import OK, WARN, check_environment
+    from kai_launch.profiles import Profile
+
+    profile = Profile("p", "/profiles.toml")
+    (cidr,) = [
+        c
+        for c in check_environment(profile, {}, {"NO_PROXY": "localhost,10.0.0.0/8"})
+        if c.check == "env.no-proxy-cidr"
+    ]
+    assert cidr.status == WARN
+    assert (
+        "CIDR entry 10.0.0.0/8: curl, Go, requests and httpx2 honour it, but httpx "
+        "(langchain, openai SDK 1.x/2.x) and urllib ignore it"
+    ) in cidr.message
+    (clean,) = [c for c in check_environment(profile, {}, {}) if c.check == "env.no-proxy-cidr"]
+    assert clean.status == OK
+
+
+def test_probed_route_applies_cidr_to_ipv4_hosts_only_as_requests_does():
+    from kai_launch.checks import probe_route
+    from kai_launch.route import route
+
+    proxy = "http://127.0.0.1:3128"
+    child = {"https_proxy": proxy, "HTTPS_PROXY": proxy, "NO_PROXY": "2001:db8::/32,10.0.0.0/8"}
+    for url, expected in (
+        ("https://[2001:db8::5]/", proxy),
+        ("https://10.1.2.3/", None),
+        ("https://[::1]/", proxy),
+    ):
+        assert probe_route(url, child) == expected, url
+        assert route(url, child).clients["requests"].proxy == expected, url
+
+
+# --- hints that fit the route ----------------------------------------------------------------------
+
+
+def test_socks5_target_name_that_does_not_resolve_locally(
+    write_profiles, socks5_server, resolver_guard
+):
+    path = write_profiles(f"""
+        [profiles.socks]
+        https_proxy = "{socks5_server.url}"
+    """)
+    code, rows, _, _ = doctor(
+        "-c", str(path), "-p", "socks", "--url", "https://kai-target.invalid/v1"
+    )
+    assert code == 1
+    assert row(rows, "proxy.socks")["status"] == "ok"
+    tunnel = row(rows, "target.tunnel")
+    assert tunnel["status"] == "fail"
+    assert "kai-target.invalid" in tunnel["message"]
+    assert "the target kai-target.invalid" in tunnel["hint"]
+    assert "socks5h://" in tunnel["hint"]
+    assert "fix the host" not in tunnel["hint"]
+    # socks5:// resolves locally: the lookup was tried (and refused by the guard), nothing sent.
+    assert resolver_guard == ["kai-target.invalid"]
+    assert socks5_server.connects == []
+
+
+@pytest.mark.parametrize("proxy", [False, True])
+def test_hanging_loopback_service_hint_does_not_blame_no_proxy(
+    write_profiles, hanging_server, proxy
+):
+    setting = f'http_proxy = "http://127.0.0.1:{closed_port()}"' if proxy else ""
+    path = write_profiles(f"""
+        [profiles.local]
+        {setting}
+    """)
+    url = f"http://127.0.0.1:{hanging_server.port}/v1"
+    code, rows, _, _ = doctor("-c", str(path), "-p", "local", "--url", url, "--timeout", "0.5")
+    assert code == 1
+    http = row(rows, "target.http")
+    assert http["status"] == "fail"
+    assert "within 0.5 s" in http["message"]
+    assert "no_proxy" not in http["hint"]
+    assert "is the service running" in http["hint"]
+
+
+def test_only_a_no_proxy_bypass_is_worth_removing_from_no_proxy(write_profiles):
+    from kai_launch.checks import prepare
+
+    path = write_profiles("""
+        [profiles.split]
+        https_proxy = "http://127.0.0.1:3128"
+        no_proxy = ["llm.corp.test"]
+        [profiles.plain]
+        description = "no proxy at all"
+    """)
+    urls = ["https://llm.corp.test/v1", "https://127.0.0.1:8000/v1", "https://api.example.test/"]
+    (split,) = prepare(str(path), "split", all_profiles=False, urls=urls, environ={})
+    assert [(t.proxy is None, t.bypass) for t in split.targets] == [
+        (True, True),  # direct because of its no_proxy entry
+        (True, False),  # loopback: always direct, whatever no_proxy says
+        (False, False),
+    ]
+    (plain,) = prepare(str(path), "plain", all_profiles=False, urls=urls, environ={})
+    assert [t.bypass for t in plain.targets] == [False, False, False]
+
+
+def test_mitmproxy_ca_hint_names_the_default_as_a_default(write_profiles, mitmdump, far):
+    mitm = mitmdump(upstream_ca=far.ca_path)
+    path = write_profiles(f"""
+        [profiles.noca]
+        https_proxy = "{mitm.url}"
+        check_urls = ["{far.url}"]
+    """)
+    _, rows, _, _ = doctor("-c", str(path), "-p", "noca")
+    hint = row(rows, "target.tls")["hint"]
+    assert hint.startswith(
+        "add mitmproxy's CA (by default ~/.mitmproxy/mitmproxy-ca-cert.pem) to ca_bundle"
+    )
+
+
+def test_mitmproxy_ca_hint_names_the_sidecars_confdir(write_profiles, mitm_binary, far, tmp_path):
+    from support.mitm import LOOPBACK_GUARD_ADDON
+
+    port = closed_port()
+    confdir = tmp_path / "sidecar-conf"
+    command = [
+        str(mitm_binary),
+        "--listen-host", "127.0.0.1",
+        "-p", str(port),
+        "--set", f"confdir={confdir}",
+        "--set", f"ssl_verify_upstream_trusted_ca={far.ca_path}",
+        "-s", str(LOOPBACK_GUARD_ADDON),
+    ]  # fmt: skip
+    path = write_profiles(f"""
+        [profiles.side]
+        https_proxy = "http://127.0.0.1:{port}"
+        check_urls = ["{far.url}"]
+
+        [profiles.side.sidecar]
+        command = {toml_list(command)}
+        ready = "127.0.0.1:{port}"
+        ready_timeout = 60
+    """)
+    code, rows, _, _ = doctor("-c", str(path), "-p", "side")
+    assert code == 1
+    tls = row(rows, "target.tls")
+    assert tls["status"] == "fail"
+    assert "issued by mitmproxy" in tls["message"]
+    assert tls["hint"].startswith(
+        f"add mitmproxy's CA, {confdir / 'mitmproxy-ca-cert.pem'}, to ca_bundle"
+    )
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "expected"),
+    [
+        ('command = ["mitmdump", "--set=confdir=conf"]', "{base}/conf/mitmproxy-ca-cert.pem"),
+        ('command = ["mitmdump", "--set", "confdir=~/m"]', "{home}/m/mitmproxy-ca-cert.pem"),
+        (
+            'command = ["mitmdump", "--set", "confdir=/x"]\nready_file = "/y/ca.pem"',
+            "/y/ca.pem",
+        ),
+        ('command = ["mitmdump", "-p", "8080"]', None),
+        (
+            'command = ["mitmdump", "--set", "confdir=/x"]\nready_file = "/y/ready"',
+            "/x/mitmproxy-ca-cert.pem",
+        ),
+    ],
+)
+def test_mitmproxy_ca_file_of_a_sidecar(write_profiles, tmp_path, sidecar, expected):
+    import os
+
+    from kai_launch.checks import _mitmproxy_ca_file
+    from kai_launch.config import load_config
+    from kai_launch.profiles import resolve_profile
+
+    path = write_profiles(f"""
+        [profiles.side]
+        https_proxy = "http://127.0.0.1:8080"
+        [profiles.side.sidecar]
+        {sidecar}
+    """)
+    profile = resolve_profile(load_config(str(path), dict(os.environ)), "side")
+    if expected is not None:
+        expected = expected.format(base=tmp_path, home=os.environ["HOME"])
+    assert _mitmproxy_ca_file(profile) == expected

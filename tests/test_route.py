@@ -748,3 +748,72 @@ def test_cgi_environment_is_explained() -> None:
     report = route("http://example.com/", _conflict_env("cgi"))
     assert "REQUEST_METHOD" in report.clients["requests"].note
     assert report.clients["go"].note.startswith("error:")
+
+
+def test_ipv6_cidr_entry_makes_httpx_fail_not_go_direct() -> None:
+    for url, others in (
+        ("https://api.example.com/v1", "use " + PROXY_SHOWN),
+        ("https://[2001:db8::5]/v1", "go direct"),
+    ):
+        report = route(url, _no_proxy_env("2001:db8::/32"))
+        httpx = report.clients["httpx"]
+        assert httpx.proxy is None
+        assert httpx.answer == "error"
+        assert httpx.error is not None
+        assert httpx.error.startswith("cannot create a client: httpx.Client() raises InvalidURL")
+        assert httpx.note.startswith("error: cannot create a client: ")
+        assert httpx.entry == "2001:db8::/32"
+        assert report.to_json()["clients"]["httpx"]["proxy"] is None
+        row = next(line for line in route_mod.render_text(report) if line.split()[0] == "httpx")
+        assert row.split()[1] == "error"
+        line = next(d for d in report.disagreements if d.startswith("httpx "))
+        assert line.startswith("httpx fails but ")
+        assert others in line
+        assert "CIDR entry 2001:db8::/32" in line
+        # requests ignores an IPv6 range (its CIDR check is for IPv4 hosts only), httpx2 not.
+        assert report.clients["requests"].proxy == PROXY_SHOWN
+        assert report.clients["httpx2"].error is None
+
+
+def test_a_failure_without_no_proxy_is_not_blamed_on_no_proxy() -> None:
+    env = {**_base_env(), "HTTPS_PROXY": "socks4://127.0.0.1:1080", "NO_PROXY": "localhost"}
+    httpx = route("https://example.com/", env).clients["httpx"]
+    assert httpx.error is not None
+    assert "Unknown scheme" in httpx.error
+    assert httpx.entry is None
+    assert "localhost" not in httpx.note
+
+
+class _WriteRecorder(dict[str, str]):
+    """Stands in for the real os.environ and records every write to it."""
+
+    writes: list[str]
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self.writes.append(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.writes.append(key)
+        super().__delitem__(key)
+
+    def clear(self) -> None:
+        self.writes.append("*clear*")
+        super().clear()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self.writes.append("*update*")
+        super().update(*args, **kwargs)
+
+
+def test_route_never_writes_the_real_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each write of the real os.environ calls setenv(), which is not safe while doctor's probe
+    # threads call getaddrinfo() and OpenSSL (they read the C environment): route swaps a plain
+    # dict in instead, and puts the very same object back.
+    real = _WriteRecorder(os.environ)
+    real.writes = []
+    monkeypatch.setattr(os, "environ", real)
+    report = route("http://10.1.2.3/", _no_proxy_env("10.0.0.0/8"))
+    assert os.environ is real
+    assert real.writes == []
+    assert report.clients["requests"].proxy is None  # the libraries did see the child's env

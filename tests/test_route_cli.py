@@ -10,6 +10,7 @@ test_route.py covers the library-level table in depth.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -246,3 +247,39 @@ def test_help_has_examples(kai_run):
         assert run.returncode == 0
         assert "Examples:" in run.stdout
         assert f"kai-run {command}" in run.stdout
+
+
+def test_ipv6_cidr_shows_httpx_failing(write_profiles, monkeypatch):
+    path = write_profiles(f"""
+        [profiles.v6]
+        https_proxy = "{PROXY}"
+        no_proxy = ["2001:db8::/32"]
+    """)
+    url = "https://api.example.test/v1"
+    data = route_json(path, "v6", url, [])
+    httpx = data["clients"]["httpx"]
+    assert httpx["proxy"] is None
+    assert httpx["note"].startswith("error: cannot create a client: httpx.Client() raises")
+    assert data["clients"]["httpx2"]["proxy"] == SHOWN
+    plain = CliRunner().invoke(app, ["route", url, "-c", str(path), "-p", "v6"])
+    rows = {line.split()[0]: line.split() for line in plain.stdout.splitlines()[1:]}
+    assert rows["httpx"][1] == "error"
+    assert any(line.startswith("  - httpx fails but ") for line in plain.stdout.splitlines())
+
+
+def test_rich_table_says_error_for_a_client_that_fails(capsys, monkeypatch):
+    from kai_launch import render
+    from kai_launch.route import route
+
+    report = route(
+        "https://api.example.test/v1",
+        {"HTTPS_PROXY": PROXY, "https_proxy": PROXY, "NO_PROXY": "2001:db8::/32"},
+    )
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "400")  # a wide terminal: no folded notes
+    render.route_report(report, as_json=False)
+    out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
+    httpx = next(line for line in out.splitlines() if line.split()[:1] == ["httpx"])
+    assert httpx.split()[1] == "error"
+    assert "error: cannot create a client" in out
+    assert "httpx fails but" in out
