@@ -163,14 +163,6 @@ def _ms_since(start: float) -> float:
     return round((time.monotonic() - start) * 1000, 1)
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _show_url(url: str) -> str:
     return redact_url(url)
 
@@ -761,7 +753,7 @@ def run_proxy_chain(proxy_url: str, timeout: float, emit: Emit) -> None:
         return
     host, port = parsed.host, parsed.effective_port
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if _is_ip(host):
+    if probe.is_ip(host):
         steps.put("proxy.dns", OK, f"{host} is an IP address: nothing to resolve")
     else:
         r = probe.resolve(host, port, timeout)

@@ -178,7 +178,7 @@ def _ascii_host(host: str) -> str:
         return host.encode("idna").decode("ascii")
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -218,7 +218,7 @@ def _getaddrinfo(host: str, port: int, deadline: _Deadline) -> list[Any]:
     the deadline passes (it cannot be cancelled; daemon, so that it never holds up exit; not an
     executor, whose threads are joined at exit). IP literals skip the thread.
     """
-    if _is_ip(host):
+    if is_ip(host):
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
     box: list[tuple[list[Any] | None, OSError | None]] = []
 
@@ -702,13 +702,13 @@ def _socks5_handshake(
     elif method != 0x00:
         raise _Fail(KIND_NOT_SOCKS, f"{who} chose unknown auth method {method}")
 
-    if not _is_ip(host) and not remote_dns:
+    if not is_ip(host) and not remote_dns:
         try:
             host = str(_getaddrinfo(host, port, deadline)[0][4][0])
         except OSError as e:
             what = f"DNS lookup of {host} (socks5:// resolves locally)"
             raise _os_failure(e, what, deadline.timeout) from None
-    if _is_ip(host):
+    if is_ip(host):
         ip = ipaddress.ip_address(host)
         address_type = "ipv4" if ip.version == 4 else "ipv6"
         addr = (b"\x01" if ip.version == 4 else b"\x04") + ip.packed
