@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import ipaddress
-import os
 import select
 import shutil
 import socket
@@ -744,18 +743,15 @@ def test_socks5_url_pointing_at_an_http_proxy(serve: Any) -> None:
 
 # --- against a real mitmdump (optional) -----------------------------------------------------
 
-MITMDUMP = Path(__file__).resolve().parents[1] / ".venv-mitm" / "bin" / "mitmdump"
 
-
-@pytest.mark.skipif(not os.access(MITMDUMP, os.X_OK), reason="mitmdump not installed")
 def test_mitmproxy_interception_names_mitmproxy(
-    api: Server, ca_a_file: str, tmp_path: Path
+    api: Server, ca_a_file: str, tmp_path: Path, mitm_binary: Path
 ) -> None:
     port = free_port()
     confdir = tmp_path / "mitm"
     proc = subprocess.Popen(
         [
-            str(MITMDUMP),
+            str(mitm_binary),
             "--listen-host",
             "127.0.0.1",
             "-p",
