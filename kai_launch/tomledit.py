@@ -442,16 +442,6 @@ def _parse_item(text: str) -> Any:
 DELETE: Any = object()
 
 
-def table_parts(item: Any) -> list[Any]:
-    """The real tables one logical table is written as: itself, or the fragments of a table whose
-    sub-tables appear further down the file (tomlkit's OutOfOrderTableProxy)."""
-    from tomlkit.container import OutOfOrderTableProxy
-
-    if isinstance(item, OutOfOrderTableProxy):
-        return list(item._tables)
-    return [item]
-
-
 def container_of(part: Any) -> Container:
     from tomlkit.container import Container
 
@@ -469,14 +459,6 @@ def fragments(node: list[Any], key: str) -> list[tuple[Any, Any, Any]]:
             if k is not None and k.key == key and not isinstance(v, Null):
                 out.append((part, k, v))
     return out
-
-
-def first_fragment(parts: list[Any], key: str) -> tuple[Any, Any] | None:
-    for part in parts:
-        container = container_of(part)
-        if key in container:
-            return part, container.item(key)
-    return None
 
 
 def has_key(parts: list[Any], key: str) -> bool:
