@@ -204,7 +204,7 @@ def is_public_host(host: str, no_proxy: str = "") -> bool:
         return False
     for raw in no_proxy.split(","):
         entry = raw.strip().lstrip("*").lstrip(".").lower()
-        if entry and not entry[0].isdigit() and (host == entry or host.endswith("." + entry)):
+        if entry and not entry[0].isdecimal() and (host == entry or host.endswith("." + entry)):
             return False
     return True
 
@@ -538,7 +538,7 @@ def no_proxy_matches(host: str, port: int, no_proxy: str) -> bool:
                     return True
             continue
         name, colon, entry_port = entry.rpartition(":")
-        if not colon or not entry_port.isdigit():
+        if not colon or not entry_port.isdecimal():
             name, entry_port = entry, ""
         if entry_port and int(entry_port) != port:
             continue
@@ -980,7 +980,7 @@ def proxy_error(
                 return f"{params['error']} ({details})" if details else params["error"]
     if squid := headers.get("x-squid-error"):
         code, _, errno = squid[0].partition(" ")
-        if errno.isdigit() and int(errno):
+        if errno.isdecimal() and int(errno):
             return f"{code} ({os.strerror(int(errno))})"
         return code
     server = (headers.get("server") or [""])[0].lower()

@@ -48,7 +48,8 @@ class ConfigFile:
 
     @property
     def base_dir(self) -> str:
-        return os.path.dirname(self.path)
+        # Relative paths are relative to the real file: dotfile managers symlink profiles.toml.
+        return os.path.dirname(os.path.realpath(self.path))
 
 
 class Config:
@@ -86,6 +87,10 @@ class Config:
 
 def candidate_files(explicit: str | None, environ: Mapping[str, str]) -> list[tuple[str, str]]:
     """(path, scope) of the files kai-run reads, lowest precedence first."""
+    if explicit == "":
+        raise ConfigError(
+            "--config names no file", "command line", "give a path, e.g. -c profiles.toml"
+        )
     named = explicit or environ.get(CONFIG_ENV) or None
     if named:
         return [(os.path.abspath(os.path.expanduser(named)), "file")]
@@ -121,7 +126,8 @@ def read_file(path: str, *, required: bool) -> dict[str, object] | None:
         raise ConfigError(
             "the profile file is not a regular file", path, "name the profiles.toml file itself"
         )
-    key = (_CACHE_VERSION, path, st.st_size, st.st_mtime_ns, st.st_ino)
+    # ctime cannot be set back by `touch -r` or `cp -p`, so a same-size, same-mtime rewrite is seen.
+    key = (_CACHE_VERSION, path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
     cache_path = _cache_path(path)
     cached = _cache_get(cache_path, key)
     if cached is not None:

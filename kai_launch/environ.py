@@ -7,6 +7,8 @@ win); then `--set KEY=VALUE` and `--unset KEY` from the command line, in that or
 
 from __future__ import annotations
 
+import os
+
 from kai_launch.errors import ConfigError
 from kai_launch.expand import expand_path, expand_vars
 from kai_launch.noproxy import is_ipv6_cidr, normalise_no_proxy
@@ -47,6 +49,16 @@ INSECURE_VARIABLES = (
 )
 OPENAI_PROXY = "OPENAI_PROXY"  # langchain's ChatOpenAI: bypasses NO_PROXY, trusts certifi only
 CLEAN_ENV_KEEP = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "TERM", "TZ", "TMPDIR")
+# Without these, many Windows programs cannot even start.
+CLEAN_ENV_KEEP_WINDOWS = (
+    "SYSTEMROOT",
+    "WINDIR",
+    "PATHEXT",
+    "COMSPEC",
+    "USERPROFILE",
+    "TEMP",
+    "TMP",
+)
 CLEAN_ENV_PREFIXES = ("LC_",)
 
 _SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "KEY")
@@ -108,11 +120,8 @@ class EnvPlan:
 
     def child_environ(self, parent: Mapping[str, str]) -> dict[str, str]:
         if self.clean_env:
-            env = {
-                k: v
-                for k, v in parent.items()
-                if k in CLEAN_ENV_KEEP or k.startswith(CLEAN_ENV_PREFIXES)
-            }
+            keep = CLEAN_ENV_KEEP + (CLEAN_ENV_KEEP_WINDOWS if os.name == "nt" else ())
+            env = {k: v for k, v in parent.items() if k in keep or k.startswith(CLEAN_ENV_PREFIXES)}
         else:
             env = dict(parent)
         for name in self.removals:
@@ -163,11 +172,10 @@ def build_plan(
     plan = EnvPlan(profile.name)
     plan.clean_env = clean_env
 
-    def secret(value: str | SecretRef, key: str) -> str:
+    def secret(value: str | SecretRef) -> str:
+        # A literal user name or password is used as written: `$` is common in passwords.
         if isinstance(value, str):
-            return expand_vars(
-                value, environ, f"{profile.origins.get(key, profile.path)}, key '{key}'"
-            )
+            return value
         return resolve_secret(value, environ) if resolve_secrets else "***"
 
     for name in profile.unset:
@@ -182,7 +190,7 @@ def build_plan(
         if isinstance(value, SecretRef):
             plan.set(
                 name,
-                secret(value, f"env.{name}"),
+                secret(value),
                 f"secret {value.describe()}, {origin}",
                 secret=True,
             )
@@ -209,15 +217,15 @@ def _proxies(
     profile: Profile,
     environ: Mapping[str, str],
     plan: EnvPlan,
-    secret: Callable[[str | SecretRef, str], str],
+    secret: Callable[[str | SecretRef], str],
 ) -> None:
     auth_user = profile.proxy_auth.get("username")
     auth_pass = profile.proxy_auth.get("password")
     user = pw = None
     if auth_user is not None:
-        user = secret(auth_user, "proxy_auth.username")
+        user = secret(auth_user)
     if auth_pass is not None:
-        pw = secret(auth_pass, "proxy_auth.password")
+        pw = secret(auth_pass)
     if pw is not None and user is None:
         raise ConfigError(
             "proxy_auth has a password but no username",

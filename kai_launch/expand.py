@@ -1,7 +1,8 @@
 """`${VAR}` expansion from the parent environment, for env values, proxy URLs and paths.
 
-`${VAR}` is VAR's value, `${VAR:-default}` falls back when VAR is unset or empty (the shell's rule),
-`$$` is a literal `$`; any other `$` is kept as it is. An unset `${VAR}` without default is an error.
+`${VAR}` is VAR's value, `${VAR:-default}` falls back when VAR is unset or empty (the shell's rule;
+the default may itself hold `${...}`), `$$` is a literal `$`; any other `$` is kept as it is. An
+unset `${VAR}` without default is an error. Error messages never quote the value: it may be a secret.
 """
 
 from __future__ import annotations
@@ -36,22 +37,22 @@ def expand_vars(text: str, environ: Mapping[str, str], where: str) -> str:
             out.append(c)
             i += 1
             continue
-        end = text.find("}", i + 2)
+        end = _closing_brace(text, i + 2)
         if end < 0:
             raise ConfigError(
-                f"unclosed '${{' in {text!r}", where, "write ${NAME}, or $$ for a literal $"
+                "unclosed '${' in the value", where, "write ${NAME}, or $$ for a literal $"
             )
         body = text[i + 2 : end]
         name, sep, default = body.partition(":-")
         if not name or not (name.isascii() and name.isidentifier()):
             raise ConfigError(
-                f"invalid variable reference '${{{body}}}'",
+                "invalid variable reference in the value (a ${...} without a valid NAME)",
                 where,
-                "write ${NAME} or ${NAME:-default}",
+                "write ${NAME} or ${NAME:-default}; $$ is a literal $",
             )
         value = environ.get(name)
         if sep:
-            out.append(value if value else default)
+            out.append(value if value else expand_vars(default, environ, where))
         elif value is None:
             raise ConfigError(
                 f"variable {name} is not set",
@@ -62,6 +63,23 @@ def expand_vars(text: str, environ: Mapping[str, str], where: str) -> str:
             out.append(value)
         i = end + 1
     return "".join(out)
+
+
+def _closing_brace(text: str, start: int) -> int:
+    """Index of the `}` that closes a `${` whose body starts at `start` (nested `${...}` allowed)."""
+    depth = 0
+    i = start
+    while i < len(text):
+        if text.startswith("${", i):
+            depth += 1
+            i += 2
+            continue
+        if text[i] == "}":
+            if depth == 0:
+                return i
+            depth -= 1
+        i += 1
+    return -1
 
 
 def expand_path(raw: str, base_dir: str, environ: Mapping[str, str], where: str) -> str:

@@ -46,6 +46,13 @@ def _found_on_path(argv0: str, path: str | None) -> bool:
 
 def exec_command(argv: Sequence[str], env: Mapping[str, str]) -> int:
     """Replace kai-run with the command (POSIX) or run it and return its exit status (Windows)."""
+    if not argv[0]:
+        raise LaunchError(
+            "command not found: '' (an empty command name)",
+            "command",
+            "give the program to run after --",
+            exit_code=EXIT_NOT_FOUND,
+        )
     if os.name != "posix":
         return _run_windows(argv, env)
     sys.stdout.flush()
@@ -71,10 +78,13 @@ def _restore_default_signals() -> None:
 
 
 def _run_windows(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    import shutil
     import subprocess
 
+    # CreateProcess neither searches the child's PATH nor finds .cmd/.bat files (npm, code).
+    program = shutil.which(argv[0], path=env.get("PATH")) or argv[0]
     try:
-        proc = subprocess.Popen(list(argv), env=dict(env))
+        proc = subprocess.Popen([program, *argv[1:]], env=dict(env))
     except OSError as e:
         raise command_error(argv[0], e) from None
     while True:

@@ -244,7 +244,9 @@ def profiles_set(args: Sequence[str]) -> int | None:
         name, eq, inline = arg.partition("=")
         if arg == "--site":
             site = True
-        elif name in _SET_OPTIONS and (eq or i + 1 < len(args)):
+        elif name in _SET_OPTIONS:
+            if not eq and i + 1 >= len(args):
+                return None  # typer says the option needs a value
             if not eq:
                 i += 1
                 inline = args[i]

@@ -25,9 +25,10 @@ def split_entries(value: str | list[str]) -> list[str]:
 
 def normalise_entry(entry: str) -> str:
     entry = entry.strip().lower()
-    if entry.startswith("[") and entry.endswith("]"):
-        # `[::1]` matches nothing in requests or curl, and makes httpx 0.28 refuse to build a client.
-        entry = entry[1:-1]
+    if entry.startswith("[") and "]" in entry:
+        # `[::1]` and `[::1]:8080` match nothing in requests or curl, and make httpx 0.28 refuse to
+        # build any client: the bare address (all ports) is what every client can read.
+        entry = entry[1 : entry.index("]")]
     if entry.startswith("*."):
         entry = entry[2:]
     while entry.startswith("."):

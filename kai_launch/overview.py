@@ -94,6 +94,31 @@ def _shown(key: str, value: object, *, reveal: bool) -> object:
     return value
 
 
+def _sidecar_shown(sidecar: dict[str, object], *, reveal: bool) -> dict[str, object]:
+    """The sidecar table with its secrets masked like the profile's own env."""
+    if reveal:
+        return dict(sidecar)
+    shown = dict(sidecar)
+    command = sidecar.get("command")
+    if isinstance(command, list):
+        shown["command"] = [redact_url(str(arg)) for arg in command]
+    env = sidecar.get("env")
+    if isinstance(env, dict):
+        from kai_launch.environ import looks_secret
+
+        shown["env"] = {
+            k: (
+                "***"
+                if looks_secret(k) or isinstance(v, dict)
+                else redact_url(v)
+                if isinstance(v, str)
+                else v
+            )
+            for k, v in env.items()
+        }
+    return shown
+
+
 def describe_profile(profile: Profile, plan: EnvPlan, *, reveal: bool) -> ProfileDetails:
     details = ProfileDetails(profile.name, profile.chain, warnings=list(plan.warnings))
     origins = profile.origins
@@ -127,7 +152,13 @@ def describe_profile(profile: Profile, plan: EnvPlan, *, reveal: bool) -> Profil
                 Entry(key, _shown(key, value, reveal=reveal), origins.get(key, ""))
             )
     if profile.sidecar is not None:
-        details.settings.append(Entry("sidecar", dict(profile.sidecar), origins.get("sidecar", "")))
+        details.settings.append(
+            Entry(
+                "sidecar",
+                _sidecar_shown(profile.sidecar, reveal=reveal),
+                origins.get("sidecar", ""),
+            )
+        )
     for a in plan.assign.values():
         details.variables.append(Entry(a.name, a.shown(reveal=reveal), a.origin))
     for name, why in plan.removals.items():

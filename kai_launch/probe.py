@@ -441,7 +441,7 @@ PAGE_LIMIT: Final = 16 * 1024  # error pages are small; the reason is near the t
 
 def _read_page(sock: socket.socket, body: bytes, resp: _Response, deadline: _Deadline) -> bytes:
     length = resp.first("content-length")
-    want = min(int(length), PAGE_LIMIT) if length and length.isdigit() else PAGE_LIMIT
+    want = min(int(length), PAGE_LIMIT) if length and length.isdecimal() else PAGE_LIMIT
     try:
         while len(body) < want:
             deadline.arm(sock)

@@ -92,6 +92,10 @@ def select_profile_name(
     config: Config, explicit: str | None, environ: Mapping[str, str]
 ) -> tuple[str, str]:
     """The profile to use and why: --profile, else KAI_RUN_PROFILE, else default_profile."""
+    if explicit == "":
+        raise ProfileError(
+            "--profile names no profile", "command line", _known_hint(config, "give a name")
+        )
     if explicit:
         return explicit, "--profile"
     from_env = environ.get(PROFILE_ENV)

@@ -84,7 +84,9 @@ def parse_proxy_url(url: str, where: str) -> tuple[ProxyURL, list[str]]:
     example = "write e.g. http://proxy.example.com:3128"
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise ConfigError(f"proxy URL '{url}' has no scheme", where, f"{example} (add http://)")
+        raise ConfigError(
+            f"proxy URL '{redact_url(url)}' has no scheme", where, f"{example} (add http://)"
+        )
     scheme = scheme.lower()
     if scheme in WARN_SCHEMES:
         warnings.append(
@@ -101,6 +103,13 @@ def parse_proxy_url(url: str, where: str) -> tuple[ProxyURL, list[str]]:
         (i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest)
     )
     authority, tail = rest[:cut], rest[cut:]
+    if "@" in tail:
+        # `http://user:pa/ss@host`: a URL parser (and every client) reads host `user`, port `pa`.
+        raise ConfigError(
+            f"proxy URL '{redact_url(url)}' has a '/', '?' or '#' before its '@'",
+            where,
+            "percent-encode them in the user name or password (%2F, %3F, %23), or use proxy_auth",
+        )
     userinfo, at, hostport = authority.rpartition("@")
     username = password = None
     if at:
@@ -124,7 +133,7 @@ def parse_proxy_url(url: str, where: str) -> tuple[ProxyURL, list[str]]:
         raise ConfigError(f"proxy URL '{redact_url(url)}' has no host", where, example)
     port: int | None = None
     if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not port_text.isdecimal() or not 0 < int(port_text) < 65536:
             raise ConfigError(
                 f"proxy URL '{redact_url(url)}' has a bad port '{port_text}'",
                 where,
@@ -137,17 +146,17 @@ def parse_proxy_url(url: str, where: str) -> tuple[ProxyURL, list[str]]:
 
 
 def redact_url(url: str) -> str:
-    """`scheme://user:***@host:port`: the password is hidden, the user name kept."""
+    """`scheme://user:***@host:port`: the password is hidden, the user name kept.
+
+    Errs on the side of hiding: everything up to the last `@` counts as credentials, even where
+    a URL parser would end the authority earlier at a `/`, `?` or `#` in the password.
+    """
     scheme, sep, rest = url.partition("://")
     if not sep:
+        scheme, rest = "", url
+    at = rest.rfind("@")
+    if at < 0:
         return url
-    cut = min(
-        (i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest)
-    )
-    authority = rest[:cut]
-    userinfo, at, hostport = authority.rpartition("@")
-    if not at:
-        return url
-    user, colon, _ = userinfo.partition(":")
+    user, colon, _ = rest[:at].partition(":")
     hidden = f"{user}:***@" if colon else f"{user}@"
-    return f"{scheme}://{hidden}{hostport}{rest[cut:]}"
+    return f"{scheme}{sep}{hidden}{rest[at + 1 :]}"

@@ -262,7 +262,7 @@ def _requests_predicted(t: _Target, env: Mapping[str, str]) -> _Verdict:
             for entry in entries:
                 if "/" in entry:
                     net, _, bits = entry.partition("/")
-                    if bits.isdigit() and 1 <= int(bits) <= 32 and _is_ipv4(net):
+                    if bits.isdecimal() and 1 <= int(bits) <= 32 and _is_ipv4(net):
                         if ipaddress.IPv4Address(t.host) in ipaddress.ip_network(
                             entry, strict=False
                         ):
@@ -380,7 +380,7 @@ def _httpx_family_predicted(*, cidr: bool) -> Evaluator:
                 host_ok = t.host.endswith(host)
             else:
                 host_ok = t.host == host or t.host.endswith("." + host)
-            bypassed |= host_ok and (not port.isdigit() or int(port) == t.port)
+            bypassed |= host_ok and (not port.isdecimal() or int(port) == t.port)
         if bypassed:
             return _Verdict(None)
         if mounts.get(f"{t.scheme}://") is None and f"{t.scheme}://" in mounts:
@@ -1008,7 +1008,7 @@ def _describe(entry: str) -> str:
     if _ip(entry) is not None:
         return f"IP entry {entry}"
     host, colon, port = entry.rpartition(":")
-    if colon and port.isdigit() and host and ":" not in host:
+    if colon and port.isdecimal() and host and ":" not in host:
         return f"entry with port {entry}"
     return f"entry {entry}"
 

@@ -260,7 +260,7 @@ def _check_value(field: Field, value: object, where: Where) -> None:
     elif kind in ("argv", "url_list", "name_list"):
         _check_str_list(value, where)
         assert isinstance(value, list)
-        if kind == "argv" and not value:
+        if kind == "argv" and (not value or not value[0]):
             raise _fail(where, "the command cannot be empty", 'write e.g. ["kai-rpc-server"]')
         if kind == "url_list":
             for url in value:
@@ -340,7 +340,7 @@ def _check_var_name(name: str, where: Where) -> None:
 
 def _check_hostport(value: str, where: Where) -> None:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdecimal() or not 0 < int(port) < 65536:
         raise _fail(where, f"'{value}' is not host:port", 'write e.g. "127.0.0.1:8080"')
 
 

@@ -186,7 +186,7 @@ def parse_hostport(text: str, where: str) -> tuple[str, int]:
     """`127.0.0.1:8080`, `localhost:8080`, `[::1]:8080` (or `::1:8080`)."""
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdecimal() or not 0 < int(port) < 65536:
         raise ConfigError(f"'{text}' is not host:port", where, 'write e.g. "127.0.0.1:8080"')
     return host, int(port)
 
@@ -332,7 +332,7 @@ def group_alive(pgid: int) -> bool:
         except OSError:
             names = []
         for name in names:
-            if name.isdigit():
+            if name.isdecimal():
                 fields = _proc_stat(int(name))
                 if fields and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
                     return True
@@ -636,14 +636,14 @@ while True:
         break
     data += chunk
 words = data.split()
-if not words or words[-1] == b"done" or not words[0].isdigit():
+if not words or words[-1] == b"done" or not words[0].isdecimal():
     sys.exit(0)
 pgid, grace = int(words[0]), float(sys.argv[1])
 
 def alive():
     if os.path.isdir("/proc/self"):
         for name in os.listdir("/proc"):
-            if name.isdigit():
+            if name.isdecimal():
                 try:
                     with open("/proc/%s/stat" % name, "rb") as f:
                         rest = f.read().rsplit(b")", 1)[1].split()

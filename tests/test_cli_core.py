@@ -302,3 +302,76 @@ def test_example_file_runs_the_demo(kai_run):
     assert "kai-run profile: demo" in run.stdout
     assert "https://internal-llm.example.com/v1 -> direct" in run.stdout
     assert "https://api.openai.com/v1/models -> http://proxy.example.com:3128" in run.stdout
+
+
+def test_proxy_auth_literal_is_not_expanded(write_profiles):
+    path = write_profiles(
+        '[profiles.p]\nhttps_proxy = "http://p.example:1"\n'
+        'proxy_auth = { username = "jdoe", password = "pa$$w${rd" }\n'
+    )
+    out = invoke("-c", str(path), "env", "-p", "p", "-f", "json")
+    assert out.exit_code == 0, out.stderr
+    assert (
+        json.loads(out.stdout)["set"]["HTTPS_PROXY"] == "http://jdoe:pa%24%24w%24%7Brd@p.example:1"
+    )
+
+
+def test_nested_default_expansion(write_profiles):
+    path = write_profiles(
+        '[profiles.p]\nenv = { N = "${UNSET_A:-${HOME}/x}", M = "${UNSET_A:-a}}" }\n'
+    )
+    data = json.loads(invoke("-c", str(path), "env", "-p", "p", "-f", "json").stdout)["set"]
+    assert data["N"] == os.environ["HOME"] + "/x"
+    assert data["M"] == "a}"
+
+
+def test_bracketed_ipv6_no_proxy_entries(write_profiles):
+    path = write_profiles('[profiles.p]\nno_proxy = ["[fe80::1]:8080", "[fd00::2]"]\n')
+    data = json.loads(invoke("-c", str(path), "env", "-p", "p", "-f", "json").stdout)["set"]
+    assert data["NO_PROXY"].split(",")[:2] == ["fe80::1", "fd00::2"]
+
+
+def test_show_masks_sidecar_secrets(write_profiles):
+    path = write_profiles(
+        """
+        [profiles.a]
+        [profiles.a.sidecar]
+        command = ["mitmdump", "--mode", "upstream:http://u:Hunter2@p.example:3128"]
+        ready = "127.0.0.1:8080"
+        env = { UPSTREAM_PASSWORD = "Hunter2", TOKEN_REF = { env = "X" }, PLAIN = "ok" }
+        """
+    )
+    for args in ([], ["--json"]):
+        result = invoke("-c", str(path), "profiles", "show", "a", *args)
+        assert result.exit_code == 0, result.stderr
+        assert "Hunter2" not in result.stdout
+        assert "u:***@p.example:3128" in result.stdout
+    revealed = invoke("-c", str(path), "profiles", "show", "a", "--json", "--reveal")
+    assert "Hunter2" in revealed.stdout
+
+
+def test_relative_paths_follow_a_symlinked_file(tmp_path, write_profiles):
+    import trustme
+
+    real = tmp_path / "dotfiles"
+    real.mkdir()
+    trustme.CA().cert_pem.write_to_path(str(real / "corp.pem"))
+    target = write_profiles('[profiles.p]\nca_bundle = "corp.pem"\n', directory=real)
+    user = Path(paths.user_config_file())
+    user.parent.mkdir(parents=True)
+    user.symlink_to(target)
+    out = invoke("env", "-p", "p", "-f", "json")
+    assert out.exit_code == 0, out.stderr
+    assert "NODE_EXTRA_CA_CERTS" in json.loads(out.stdout)["set"]
+
+
+def test_profiles_set_fast_path_leaves_odd_lines_to_typer(write_profiles, kai_run):
+    path = write_profiles("[profiles.a]\n")
+    before = path.read_bytes()
+    run = kai_run("-c", str(path), "profiles", "set", "a", "env.API_TOKEN", "--secret-env")
+    assert run.returncode == 2
+    assert "requires an argument" in run.stderr
+    assert path.read_bytes() == before
+    run = kai_run("-c", str(path), "profiles", "set", "a", "description", "hello")
+    assert run.returncode == 0, run
+    assert 'description = "hello"' in path.read_text()

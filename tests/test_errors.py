@@ -311,3 +311,48 @@ def test_usage_errors_use_the_same_form(kai_run):
         "kai-run: error: No such option: --bogus (kai-run profiles show)",
         "  hint: see `kai-run profiles show --help`",
     ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "user:s3cretPW@proxy.corp.example:3128",  # no scheme
+        "http://user:pa#s3cretPW@proxy.corp.example:3128",  # '#' in the password
+        "http://user:12/s3cretPW@proxy.corp.example:3128",  # '/' in the password
+        "ftp://user:s3cretPW@proxy.corp.example:21",
+    ],
+)
+def test_proxy_errors_never_show_the_password(write_profiles, url):
+    path = write_profiles(f'[profiles.p]\nhttps_proxy = "{url}"\n')
+    result = invoke("-c", str(path), "env", "-p", "p")
+    assert result.exit_code == 2
+    assert "s3cretPW" not in result.stderr
+    assert "user:***@" in result.stderr
+
+
+def test_expansion_errors_never_quote_the_value(write_profiles):
+    path = write_profiles('[profiles.p]\nenv = { OAUTH_CLIENT_SECRET = "ab${cdSECRETVALUE" }\n')
+    result = invoke("-c", str(path), "env", "-p", "p")
+    assert_error(result, "unclosed '${'", "key 'env.OAUTH_CLIENT_SECRET'")
+    assert "SECRETVALUE" not in result.stderr
+
+
+def test_superscript_port_is_an_error_not_a_traceback(write_profiles):
+    path = write_profiles('[profiles.p]\nhttps_proxy = "http://proxy:3\u00b2"\n')
+    assert_error(invoke("-c", str(path), "env", "-p", "p"), "bad port")
+
+
+def test_empty_command_name(write_profiles, kai_run):
+    path = write_profiles('[profiles.p]\ncommand = [""]\n')
+    assert_error(invoke("-c", str(path), "env", "-p", "p"), "the command cannot be empty")
+    path = write_profiles("[profiles.q]\n", name="q.toml")
+    run = kai_run("-c", str(path), "-p", "q", "--", "")
+    assert run.returncode == 127 and "empty command name" in run.stderr
+
+
+def test_empty_profile_or_config_option(write_profiles, kai_run):
+    path = write_profiles('default_profile = "p"\n[profiles.p]\n')
+    run = kai_run("-c", str(path), "-p", "", "--", "true")
+    assert run.returncode == 2 and "--profile names no profile" in run.stderr
+    run = kai_run("-c", "", "-p", "p", "--", "true", env={"KAI_RUN_CONFIG": str(path)})
+    assert run.returncode == 2 and "--config names no file" in run.stderr

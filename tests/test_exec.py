@@ -515,3 +515,18 @@ def test_parse_cache_is_private(kai_run, write_profiles):
     assert cache.stat().st_mode & 0o077 == 0
     for entry in cache.iterdir():
         assert entry.stat().st_mode & 0o077 == 0
+
+
+def test_cache_sees_a_rewrite_with_the_same_size_mtime_and_inode(kai_run, write_profiles, tmp_path):
+    import shutil
+
+    v1 = write_profiles('[profiles.a]\nenv = { P = "one" }\n', name="v1.toml")
+    v2 = write_profiles('[profiles.a]\nenv = { P = "two" }\n', name="v2.toml")
+    st = v1.stat()
+    os.utime(v2, ns=(st.st_atime_ns, st.st_mtime_ns))
+    live = tmp_path / "profiles.toml"
+    shutil.copy2(v1, live)
+    show = [sys.executable, "-c", "import os; print(os.environ['P'])"]
+    assert kai_run("-c", str(live), "-p", "a", "--", *show).stdout == "one\n"
+    shutil.copy2(v2, live)  # same inode, same size, mtime copied back
+    assert kai_run("-c", str(live), "-p", "a", "--", *show).stdout == "two\n"
