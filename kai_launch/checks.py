@@ -1497,7 +1497,7 @@ class Doctor:
         start = time.monotonic()
         with contextlib.ExitStack() as stack:
             try:
-                stack.enter_context(
+                running = stack.enter_context(
                     running_sidecar(job.profile, self.environ, verbose=self.verbose)
                 )
             except KaiRunError as e:
@@ -1508,7 +1508,11 @@ class Doctor:
                 if job.profile is not None:
                     yield from self._skipped(job, "skipped: the sidecar did not start")
                 return
-            message = "sidecar started for the duration of the checks"
+            message = (
+                f"using the background sidecar (pid {running.background.pid})"
+                if running.background is not None
+                else "sidecar started for the duration of the checks"
+            )
             yield _stamp(Check(job.name, "sidecar", None, OK, message, None, _ms_since(start)), job)
             complete(job, job.profile, self.environ)
             yield from self._offline(job)

@@ -189,6 +189,13 @@ def init_file(target: EditTarget, *, force: bool = False) -> EditResult:
                 target.path,
                 "pass --force to replace it with the starter file",
             )
+        if session.existed:
+            # --force must not cost anyone years of profiles: the old file stays next to it.
+            import shutil
+
+            shutil.copy2(target.path, target.path + ".bak")
+            session.replace_text(example_text())
+            return f"wrote the starter profile file (the old one is {target.path}.bak)"
         session.replace_text(example_text())
         return "wrote the starter profile file"
 
@@ -1601,18 +1608,26 @@ def _check_profile(
             continue
         where = str(Where(cfile.path, name, key))
         try:
-            _, warnings = parse_proxy_url(expand_vars(value, environ, where), where)
+            # Its warnings come once, from build_plan below.
+            parse_proxy_url(expand_vars(value, environ, where), where)
         except KaiRunError as e:
             result.problem(Finding.of(e))
             continue
-        for w in warnings:
-            result.warn(Finding(w))
     for raw in _as_list(body.get("ca_bundle")):
         if skipped(raw):
             continue
         where = str(Where(cfile.path, name, "ca_bundle"))
+        path = expand_path(raw, cfile.base_dir, environ, where)
+        if not os.path.exists(path) and path in _sidecar_files(profile, environ):
+            result.warn(
+                Finding(
+                    f"CA file {path} does not exist yet: the sidecar writes it on its first start ({where})",
+                    f"kai-run sidecar start -p {name}",
+                )
+            )
+            continue
         try:
-            pem_certificates(expand_path(raw, cfile.base_dir, environ, where), where)
+            pem_certificates(path, where)
         except KaiRunError as e:
             result.problem(Finding.of(e))
     for key, ref in _secret_refs(body):
@@ -1628,6 +1643,19 @@ def _check_profile(
     for w in plan.warnings:
         if not w.startswith("note:"):
             result.warn(Finding(w))
+
+
+def _sidecar_files(profile: Any, environ: Mapping[str, str]) -> set[str]:
+    """The files a profile's sidecar writes (its ready_file): absent until it first starts."""
+    from kai_launch.expand import expand_path
+
+    ready = (profile.sidecar or {}).get("ready_file")
+    if not isinstance(ready, str):
+        return set()
+    try:
+        return {expand_path(ready, profile.sidecar_base_dir, environ, "sidecar.ready_file")}
+    except KaiRunError:
+        return set()
 
 
 def _check_ref(

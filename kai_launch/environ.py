@@ -226,12 +226,6 @@ def _proxies(
         user = secret(auth_user)
     if auth_pass is not None:
         pw = secret(auth_pass)
-    if pw is not None and user is None:
-        raise ConfigError(
-            "proxy_auth has a password but no username",
-            f"{profile.origins.get('proxy_auth.password', profile.path)}, key 'proxy_auth'",
-            "add proxy_auth.username",
-        )
     resolved: dict[str, str] = {}
     for field, names in PROXY_VARIABLES:
         raw = getattr(profile, field)

@@ -170,6 +170,12 @@ def resolve_profile(config: Config, name: str, why: str | None = None) -> Profil
     profile.chain = [(n, f.path) for n, _, f in chain]
     for pname, _, pfile in reversed(chain):
         _merge(profile, pname, pfile, pfile.profiles[pname])
+    if "password" in profile.proxy_auth and "username" not in profile.proxy_auth:
+        raise ProfileError(
+            "proxy_auth has a password but no username",
+            f"{profile.origins['proxy_auth.password']}, key 'proxy_auth'",
+            "add proxy_auth.username (a proxy URL carries both, or neither)",
+        )
     return profile
 
 

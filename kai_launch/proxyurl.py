@@ -158,5 +158,16 @@ def redact_url(url: str) -> str:
     if at < 0:
         return url
     user, colon, _ = rest[:at].partition(":")
-    hidden = f"{user}:***@" if colon else f"{user}@"
+    # A user name alone is often a token (`http://TOKEN@proxy`): it is hidden then.
+    hidden = f"{user}:***@" if colon else "***@"
     return f"{scheme}{sep}{hidden}{rest[at + 1 :]}"
+
+
+def redact_arg(arg: str) -> str:
+    """One command-line argument with credentials hidden: a URL's password anywhere in it
+    (`--mode=upstream:http://u:pw@host`) and mitmproxy's `proxyauth=user:pass`."""
+    if "proxyauth=" in arg:
+        head, _, value = arg.partition("proxyauth=")
+        user, colon, _ = value.partition(":")
+        return f"{head}proxyauth={user}:***" if colon else f"{head}proxyauth=***"
+    return redact_url(arg) if "://" in arg and "@" in arg else arg

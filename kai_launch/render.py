@@ -16,8 +16,8 @@ def console(*, stderr: bool = False) -> Console:
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    # Piped output is read by people in logs and by grep: don't fold it at 80 columns.
-    width = None if stream.isatty() else 160
+    # Piped output is read by people in logs and by grep: never fold it.
+    width = None if stream.isatty() else 10_000
     return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
 
 

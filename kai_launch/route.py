@@ -1156,7 +1156,7 @@ def route(url: str, env: Mapping[str, str]) -> RouteReport:
             _optional_module(client.library)
     results = [_resolve(client, target, env) for client in _TABLE]
     return RouteReport(
-        url=url,
+        url=redact_url(url),  # the target's own credentials are never shown either
         clients={
             r.client: ClientRoute(
                 r.client, r.proxy, r.ca_file, r.note, r.predicted, r.error, r.entry

@@ -122,7 +122,7 @@ def _run_command(ref: SecretRef, environ: Mapping[str, str]) -> str:
             f"chmod +x {argv[0]}, or run it through its interpreter",
         ) from None
     try:
-        out, err = proc.communicate(timeout=COMMAND_TIMEOUT)
+        out, _ = proc.communicate(timeout=COMMAND_TIMEOUT)
     except subprocess.TimeoutExpired:
         _kill_tree(proc)
         raise SecretError(
@@ -131,22 +131,27 @@ def _run_command(ref: SecretRef, environ: Mapping[str, str]) -> str:
             "run it by hand to see why it hangs (a login prompt?)",
         ) from None
     if proc.returncode != 0:
-        # The command's stderr may help, but never its stdout: that would be the secret.
-        lines = err.decode("utf-8", "replace").strip().splitlines()
-        tail = f": {lines[-1]}" if lines else ""
+        # Neither its stdout nor its stderr is shown: either may hold the secret or a token.
         raise SecretError(
-            f"secret command `{shown}` failed with exit status {proc.returncode}{tail}",
+            f"secret command `{shown}` failed with exit status {proc.returncode}",
             ref.where,
-            "run the command by hand to fix it",
+            f"run `{shown}` by hand to see its error",
         )
     try:
-        return out.decode("utf-8").strip()
+        value = out.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise SecretError(
             f"secret command `{shown}` printed bytes that are not UTF-8 text",
             ref.where,
             "an environment variable holds text: encode the secret (base64, hex) or fix the command",
         ) from None
+    if not value:
+        raise SecretError(
+            f"secret command `{shown}` printed nothing",
+            ref.where,
+            f"run `{shown}` by hand: an empty secret is almost always a failed login",
+        )
+    return value
 
 
 def _kill_tree(proc: subprocess.Popen[bytes]) -> None:

@@ -262,7 +262,14 @@ def _private_dir(path: str) -> None:
 
     Only kai-run's own folders come here (the log folder, sidecars/), never a user's.
     """
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise SidecarError(
+            f"cannot create {path}: {e.strerror}",
+            "kai-run's state/log dir",
+            "check XDG_STATE_HOME and the permissions of that folder",
+        ) from None
     if _IS_POSIX:
         with contextlib.suppress(OSError):
             if os.stat(path).st_mode & 0o077:
@@ -472,9 +479,12 @@ def start(spec: SidecarSpec, log_path: str, *, detach: bool = False) -> subproce
 
 
 def _shown(argv: list[str]) -> str:
+    """The command line for humans (log, errors): credentials in it are hidden."""
     import shlex
 
-    return shlex.join(argv)
+    from kai_launch.proxyurl import redact_arg
+
+    return shlex.join(redact_arg(arg) for arg in argv)
 
 
 def _start_error(spec: SidecarSpec, error: OSError) -> SidecarError:
@@ -636,7 +646,7 @@ while True:
         break
     data += chunk
 words = data.split()
-if not words or words[-1] == b"done" or not words[0].isdecimal():
+if not words or words[-1] == b"done" or not words[0].isdigit():
     sys.exit(0)
 pgid, grace = int(words[0]), float(sys.argv[1])
 

@@ -172,6 +172,12 @@ def test_set_typed_values(cfg):
 
 def test_secret_references(cfg):
     c = ("-c", str(cfg))
+    before = cfg.read_bytes()
+    # A password without a user name is refused: the loader would reject the file afterwards.
+    r = invoke(*c, "profiles", "set", "corp", "proxy_auth.password", "--secret-env", "CORP_PW")
+    assert r.exit_code == 2 and "password but no username" in r.stderr
+    assert cfg.read_bytes() == before
+    assert invoke(*c, "profiles", "set", "corp", "proxy_auth.username", "jdoe").exit_code == 0
     r = invoke(*c, "profiles", "set", "corp", "proxy_auth.password", "--secret-env", "CORP_PW")
     assert r.exit_code == 0 and r.stderr == ""
     r = invoke(*c, "profiles", "set", "corp", "env.GH_TOKEN", "--secret-command", "gh auth token")
@@ -425,3 +431,32 @@ def test_dotted_profiles_never_report_a_false_success(tmp_path):
     result = invoke(*c, "profiles", "unset", "a", "env.X")
     assert result.exit_code == 0, result.stderr
     assert path.read_text() == '[profiles]\na.https_proxy="http://p.example:1"\n'
+
+
+def test_config_check_sidecar_written_ca_is_a_warning_and_warnings_come_once(tmp_path):
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(
+        "[profiles.audit]\n"
+        'https_proxy = "http://127.0.0.1:8080"\n'
+        'all_proxy = "socks4://127.0.0.1:1080"\n'
+        'ca_bundle = "mitm/mitmproxy-ca-cert.pem"\n'
+        "[profiles.audit.sidecar]\n"
+        'command = ["mitmdump"]\n'
+        'ready = "127.0.0.1:8080"\n'
+        'ready_file = "mitm/mitmproxy-ca-cert.pem"\n'
+    )
+    result = CliRunner().invoke(app, ["config", "check", "-c", str(cfg), "--json"])
+    assert result.exit_code == 0, result.stdout
+    data = json.loads(result.stdout)
+    messages = [w["message"] for w in data["warnings"]]
+    assert any("the sidecar writes it on its first start" in m for m in messages)
+    assert sum("socks4" in m for m in messages) == 1, messages
+
+
+def test_init_force_keeps_a_backup(tmp_path):
+    cfg = tmp_path / "p.toml"
+    cfg.write_text("[profiles.mine]\n")
+    result = CliRunner().invoke(app, ["init", "-c", str(cfg), "--force"])
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "p.toml.bak").read_text() == "[profiles.mine]\n"
+    assert cfg.read_text() == (REPO / "profiles.example.toml").read_text()
