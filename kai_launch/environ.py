@@ -324,9 +324,31 @@ def _trust(profile: Profile, environ: Mapping[str, str], plan: EnvPlan, *, bundl
         return
     from kai_launch.trust import build_bundles
 
+    _check_sidecar_ca(profile, files, environ)
     made = build_bundles(files, profile.ca_mode)
     origin = f"ca_bundle ({profile.ca_mode}) of {profile.origins.get('ca_bundle', profile.path)}"
     for name in CA_BUNDLE_VARIABLES:
         plan.set(name, made.merged, origin)
     for name in OWN_CA_VARIABLES:
         plan.set(name, made.own, origin)
+
+
+def _check_sidecar_ca(
+    profile: Profile, files: list[tuple[str, str]], environ: Mapping[str, str]
+) -> None:
+    """A CA the profile's sidecar writes on its first start (its ready_file) may not exist yet:
+    say so, rather than "fix the path"."""
+    ready = (profile.sidecar or {}).get("ready_file")
+    if not isinstance(ready, str):
+        return
+    ready_path = expand_path(ready, profile.sidecar_base_dir, environ, "sidecar.ready_file")
+    for path, where in files:
+        if path == ready_path and not os.path.exists(path):
+            from kai_launch.errors import TrustError
+
+            raise TrustError(
+                f"CA file {path} does not exist yet: the sidecar writes it on its first start",
+                where,
+                f"start it once (kai-run sidecar start -p {profile.name}), or run the command "
+                f"with kai-run -p {profile.name} -- ..., which starts it first",
+            )

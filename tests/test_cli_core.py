@@ -375,3 +375,21 @@ def test_profiles_set_fast_path_leaves_odd_lines_to_typer(write_profiles, kai_ru
     run = kai_run("-c", str(path), "profiles", "set", "a", "description", "hello")
     assert run.returncode == 0, run
     assert 'description = "hello"' in path.read_text()
+
+
+def test_sidecar_ca_not_written_yet_says_to_start_the_sidecar(write_profiles):
+    path = write_profiles(
+        """
+        [profiles.audit]
+        https_proxy = "http://127.0.0.1:8080"
+        ca_bundle = "mitm/mitmproxy-ca-cert.pem"
+        [profiles.audit.sidecar]
+        command = ["mitmdump"]
+        ready = "127.0.0.1:8080"
+        ready_file = "mitm/mitmproxy-ca-cert.pem"
+        """
+    )
+    result = invoke("-c", str(path), "env", "-p", "audit")
+    assert result.exit_code == 2
+    assert "does not exist yet: the sidecar writes it on its first start" in result.stderr
+    assert "kai-run sidecar start -p audit" in result.stderr
