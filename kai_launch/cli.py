@@ -215,8 +215,15 @@ def env_command(
 
     profile, config = _pick(ctx, profile, config)
     g = _globals(ctx)
-    plan, _ = _plan(profile, config, [*g.set, *(set_ or [])], [*g.unset, *(unset or [])])
-    _warn(plan.warnings)
+    plan, prof = _plan(profile, config, [*g.set, *(set_ or [])], [*g.unset, *(unset or [])])
+    notes = list(plan.warnings)
+    if prof.sidecar is not None:
+        # These variables point at the sidecar: without it running, every request fails.
+        notes.append(
+            f"note: profile '{prof.name}' has a sidecar; these variables need it running: "
+            f"kai-run sidecar start -p {prof.name}"
+        )
+    _warn(notes)
     assign, removals = plan.exported()
     sys.stdout.write(render_exports(assign, removals, fmt))
 

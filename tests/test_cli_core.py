@@ -393,3 +393,24 @@ def test_sidecar_ca_not_written_yet_says_to_start_the_sidecar(write_profiles):
     assert result.exit_code == 2
     assert "does not exist yet: the sidecar writes it on its first start" in result.stderr
     assert "kai-run sidecar start -p audit" in result.stderr
+
+
+def test_env_of_a_sidecar_profile_says_it_needs_the_sidecar(write_profiles, tmp_path):
+    import trustme
+
+    (tmp_path / "mitm").mkdir()
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "mitm" / "mitmproxy-ca-cert.pem"))
+    path = write_profiles(
+        """
+        [profiles.audit]
+        https_proxy = "http://127.0.0.1:8080"
+        ca_bundle = "mitm/mitmproxy-ca-cert.pem"
+        [profiles.audit.sidecar]
+        command = ["mitmdump"]
+        ready = "127.0.0.1:8080"
+        """
+    )
+    result = invoke("-c", str(path), "env", "-p", "audit")
+    assert result.exit_code == 0, result.stderr
+    assert "kai-run sidecar start -p audit" in result.stderr
+    assert "export HTTPS_PROXY='http://127.0.0.1:8080'" in result.stdout
