@@ -140,6 +140,21 @@ def far(tmp_path: Path) -> Iterator[FarUpstream]:
         thread.join(5)
 
 
+def mitm_sidecar_command(binary: Path, port: int, confdir: Path, upstream_ca: object) -> list[str]:
+    """A real mitmdump as a profile's sidecar: loopback only, its own confdir (it writes its CA
+    there on first start), trusting the test upstream's CA."""
+    from support.mitm import LOOPBACK_GUARD_ADDON
+
+    return [
+        str(binary),
+        "--listen-host", "127.0.0.1",
+        "-p", str(port),
+        "--set", f"confdir={confdir}",
+        "--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}",
+        "-s", str(LOOPBACK_GUARD_ADDON),
+    ]  # fmt: skip
+
+
 def toml_list(items: list[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
@@ -762,19 +777,10 @@ def _accepts(port: int) -> bool:
 
 
 def test_sidecar_runs_for_the_checks_then_stops(write_profiles, mitm_binary, far, tmp_path):
-    from support.mitm import LOOPBACK_GUARD_ADDON
-
     port = closed_port()
     confdir = tmp_path / "sidecar-conf"  # empty: mitmdump writes its CA there when it starts
     ca = confdir / "mitmproxy-ca-cert.pem"
-    command = [
-        str(mitm_binary),
-        "--listen-host", "127.0.0.1",
-        "-p", str(port),
-        "--set", f"confdir={confdir}",
-        "--set", f"ssl_verify_upstream_trusted_ca={far.ca_path}",
-        "-s", str(LOOPBACK_GUARD_ADDON),
-    ]  # fmt: skip
+    command = mitm_sidecar_command(mitm_binary, port, confdir, far.ca_path)
     path = write_profiles(f"""
         [profiles.side]
         https_proxy = "http://127.0.0.1:{port}"
@@ -1172,18 +1178,9 @@ def test_mitmproxy_ca_hint_names_the_default_as_a_default(write_profiles, mitmdu
 
 
 def test_mitmproxy_ca_hint_names_the_sidecars_confdir(write_profiles, mitm_binary, far, tmp_path):
-    from support.mitm import LOOPBACK_GUARD_ADDON
-
     port = closed_port()
     confdir = tmp_path / "sidecar-conf"
-    command = [
-        str(mitm_binary),
-        "--listen-host", "127.0.0.1",
-        "-p", str(port),
-        "--set", f"confdir={confdir}",
-        "--set", f"ssl_verify_upstream_trusted_ca={far.ca_path}",
-        "-s", str(LOOPBACK_GUARD_ADDON),
-    ]  # fmt: skip
+    command = mitm_sidecar_command(mitm_binary, port, confdir, far.ca_path)
     path = write_profiles(f"""
         [profiles.side]
         https_proxy = "http://127.0.0.1:{port}"
