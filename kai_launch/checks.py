@@ -132,9 +132,10 @@ class Check:
     hint: str | None = None
     duration_ms: float = 0.0
     order: tuple[int, ...] = field(default=(), compare=False, repr=False)
+    data: dict[str, object] | None = field(default=None, compare=False)  # numbers for --json
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "profile": self.profile,
             "check": self.check,
             "target": self.target,
@@ -143,6 +144,9 @@ class Check:
             "hint": self.hint,
             "duration_ms": round(self.duration_ms, 1),
         }
+        if self.data is not None:
+            out["data"] = self.data
+        return out
 
 
 def exit_status(checks: list[Check], *, strict: bool = False) -> int:
@@ -303,7 +307,8 @@ def check_environment(
     else:
         out.append(Check(name, "env.insecure", None, OK, "TLS verification is on"))
 
-    if child.get("OPENAI_PROXY") and profile.ca_bundle:
+    # ca_mode = system without ca_bundle trusts a private CA too: the one in the OS store.
+    if child.get("OPENAI_PROXY") and (profile.ca_bundle or profile.ca_mode == "system"):
         out.append(
             Check(
                 name,
@@ -383,12 +388,15 @@ def _show_value(value: str) -> str:
 def check_ca_files(
     profile: Profile, environ: Mapping[str, str], targets: list[str], no_proxy: str
 ) -> list[Check]:
-    """`ca.file` per ca_bundle entry, `ca.cert` per certificate, `ca.replace-public`."""
+    """`ca.sources`, `ca.file` per ca_bundle entry, `ca.cert` per certificate,
+    `ca.replace-public`."""
     from kai_launch.certinfo import read_pem_file
     from kai_launch.expand import expand_path
 
     name = profile.name
     out: list[Check] = []
+    if profile.ca_bundle or profile.ca_mode == "system":
+        out.append(check_ca_sources(profile, environ))
     for entry in profile.ca_bundle:
         where = f"{entry.origin}, key 'ca_bundle'"
         start = time.monotonic()
@@ -439,6 +447,57 @@ def check_ca_files(
                 )
             )
     return out
+
+
+def check_ca_sources(profile: Profile, environ: Mapping[str, str]) -> Check:
+    """`ca.sources`: the mode, and how many certificates each source put into the merged bundle
+    (certifi for append, the OS store for system, each ca_bundle file). Counting PEM blocks is
+    enough here: ca.file and ca.cert look at the profile's certificates one by one."""
+    from kai_launch.expand import expand_path
+    from kai_launch.trust import build_bundles
+
+    name, mode = profile.name, profile.ca_mode
+    start = time.monotonic()
+    mode_where = f"{profile.origins.get('ca_mode', profile.path)}, key 'ca_mode'"
+    roots = None
+    try:
+        files = [
+            (
+                expand_path(e.raw, e.base_dir, environ, f"{e.origin}, key 'ca_bundle'"),
+                f"{e.origin}, key 'ca_bundle'",
+            )
+            for e in profile.ca_bundle
+        ]
+        if mode == "system":
+            from kai_launch.systemca import system_roots
+
+            roots = system_roots(mode_where)
+    except KaiRunError as e:
+        return Check(
+            name, "ca.sources", f"ca_mode {mode}", FAIL, e.message(), e.hint, _ms_since(start)
+        )
+    try:
+        made = build_bundles(files, mode, where=mode_where, roots=roots)
+    except TrustError:
+        why = f"ca_mode {mode}: skipped, the CA bundle cannot be built (see ca.file)"
+        return Check(name, "ca.sources", f"ca_mode {mode}", SKIP, why)
+    label = {"certifi": "public roots (certifi)", "os": "OS store", "file": "ca_bundle"}
+    parts = []
+    for i, (kind, source, n) in enumerate(made.counts):
+        unit = ("root" if kind != "file" else "certificate") + ("s" if n != 1 else "")
+        text = f"{n} {unit} from {source}" if i == 0 else f"{n} from {source}"
+        parts.append(text + (f" ({label[kind]})" if kind != "file" else ""))
+    total = sum(n for _, _, n in made.counts)
+    message = f"ca_mode {mode}: " + " + ".join(parts) + f" = {total}"
+    data: dict[str, object] = {
+        "ca_mode": mode,
+        "bundle": made.merged,
+        "total": total,
+        "sources": [
+            {"kind": kind, "source": source, "certificates": n} for kind, source, n in made.counts
+        ],
+    }
+    return Check(name, "ca.sources", made.merged, OK, message, None, _ms_since(start), data=data)
 
 
 def _cert_check(name: str, path: str, cert: CertInfo) -> Check:
@@ -887,9 +946,15 @@ def _tls_hint(r: probe.ProbeResult, host: str, ca_file: str | None) -> Hint:
                     return f"add mitmproxy's CA, {known}, to {where}"
                 return f"add mitmproxy's CA (by default {MITMPROXY_CA}) to {where}"
             what = issuer or "the issuing CA"
+            # A root the OS store holds but certifi does not is the managed-laptop case.
+            system = (
+                "; the operating system's store does not hold it either"
+                if profile.ca_mode == "system"
+                else '; if this machine\'s browsers trust it, ca_mode = "system" may be enough'
+            )
             return (
                 f"add a PEM file with the CA certificate of '{what}' to {where} (ask whoever "
-                "runs the proxy for it, or export it from a browser that trusts it)"
+                f"runs the proxy for it, or export it from a browser that trusts it){system}"
             )
         if kind in (probe.KIND_EXPIRED, probe.KIND_NOT_YET_VALID):
             return (
@@ -1357,6 +1422,7 @@ def complete(job: ProfileJob, profile: Profile, environ: Mapping[str, str]) -> N
     job.profile = None  # set again once the plan is built: a broken profile has nothing to run
     start = time.monotonic()
     ca_broken = False
+    see_ca = "ca.sources and ca.file" if profile.ca_mode == "system" else "ca.file"
     try:
         plan = build_plan(profile, environ)
     except TrustError:
@@ -1375,7 +1441,7 @@ def complete(job: ProfileJob, profile: Profile, environ: Mapping[str, str]) -> N
     extends = f" (extends {' -> '.join(parents)})" if parents else ""
     message = f"profile '{name}'{extends} resolves, and so does every secret reference"
     if ca_broken:
-        message = f"profile '{name}' resolves, but its CA bundle cannot be built (see ca.file)"
+        message = f"profile '{name}' resolves, but its CA bundle cannot be built (see {see_ca})"
     config_check = Check(name, "config", profile.path, OK, message, None, _ms_since(start))
     job.offline.append(_stamp(config_check, job))
     job.child = plan.child_environ(environ)
@@ -1396,7 +1462,7 @@ def complete(job: ProfileJob, profile: Profile, environ: Mapping[str, str]) -> N
     for i, url in enumerate(target_urls):
         error = None
         if ca_broken:
-            why = "skipped: the CA bundle cannot be built (see ca.file)"
+            why = f"skipped: the CA bundle cannot be built (see {see_ca})"
             error = Check(name, "target.route", _show_url(url), SKIP, why)
         else:
             try:

@@ -311,7 +311,8 @@ def _trust(profile: Profile, environ: Mapping[str, str], plan: EnvPlan, *, bundl
             "some stdlib builds, but requests and httpx ignore these variables and still verify; "
             "add the proxy's CA to ca_bundle instead"
         )
-    if not profile.ca_bundle:
+    system = profile.ca_mode == "system"
+    if not profile.ca_bundle and not system:
         return
     files = [
         (
@@ -325,12 +326,20 @@ def _trust(profile: Profile, environ: Mapping[str, str], plan: EnvPlan, *, bundl
     from kai_launch.trust import build_bundles
 
     _check_sidecar_ca(profile, files, environ)
-    made = build_bundles(files, profile.ca_mode)
+    mode_origin = profile.origins.get("ca_mode", profile.path)
+    made = build_bundles(files, profile.ca_mode, where=f"{mode_origin}, key 'ca_mode'")
     origin = f"ca_bundle ({profile.ca_mode}) of {profile.origins.get('ca_bundle', profile.path)}"
+    if system:
+        origin = f"ca_mode = system (OS store + ca_bundle) of {mode_origin}"
     for name in CA_BUNDLE_VARIABLES:
         plan.set(name, made.merged, origin)
     for name in OWN_CA_VARIABLES:
-        plan.set(name, made.own, origin)
+        # Node adds NODE_EXTRA_CA_CERTS to its compiled-in Mozilla roots and never reads the OS
+        # store (unless started with --use-system-ca / --use-openssl-ca, which kai-run cannot
+        # add for every node). A corporate root installed in the OS store would reach every
+        # client but Node, so in system mode Node gets the OS roots + own CAs: duplicates of
+        # its own roots are harmless, and loading ~150 more costs it a few milliseconds.
+        plan.set(name, made.merged if system else made.own, origin)
 
 
 def _check_sidecar_ca(

@@ -69,8 +69,9 @@ PROFILE_FIELDS: tuple[Field, ...] = (
     Field(
         "ca_mode",
         "choice",
-        "append: public roots + ca_bundle; replace: only ca_bundle",
-        choices=("append", "replace"),
+        "append: public roots (certifi) + ca_bundle; replace: only ca_bundle; "
+        "system: the operating system's trust store + ca_bundle",
+        choices=("append", "replace", "system"),
     ),
     Field("insecure", "bool", "turn TLS verification off where variables can (loud warning)"),
     Field("openai_proxy", "proxy_or_bool", "true: OPENAI_PROXY = https_proxy; or a proxy URL"),

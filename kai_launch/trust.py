@@ -2,9 +2,11 @@
 
 SSL_CERT_FILE, REQUESTS_CA_BUNDLE and friends each *replace* their client's whole trust store, so
 pointing them at the corporate root alone breaks every public endpoint. kai-run therefore writes one
-merged bundle (`append`: certifi's roots + the profile's CAs; `replace`: the profile's CAs only) into
+merged bundle (`append`: certifi's roots + the profile's CAs; `replace`: the profile's CAs only;
+`system`: the operating system store's roots (kai_launch.systemca) + the profile's CAs) into
 the user cache dir, named by a hash of its content, so it is written once and reused.
-NODE_EXTRA_CA_CERTS is different: Node adds it to its own roots, so it gets the profile's CAs only.
+NODE_EXTRA_CA_CERTS is different: Node adds it to its own roots, so it gets the profile's CAs only
+(in `system` mode the OS roots too: see environ._trust).
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ import sys
 from kai_launch import paths
 from kai_launch.errors import TrustError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kai_launch.systemca import SystemRoots
+
 _BEGIN = "-----BEGIN CERTIFICATE-----"
 _END = "-----END CERTIFICATE-----"
 
@@ -22,12 +28,21 @@ _END = "-----END CERTIFICATE-----"
 class Bundles:
     """The files the child's CA variables point at."""
 
-    __slots__ = ("merged", "own", "sources")
+    __slots__ = ("counts", "merged", "own", "sources")
 
-    def __init__(self, merged: str, own: str, sources: list[str]) -> None:
-        self.merged = merged  # certifi + profile CAs (append) or profile CAs (replace)
+    def __init__(
+        self,
+        merged: str,
+        own: str,
+        sources: list[str],
+        counts: list[tuple[str, str, int]] | None = None,
+    ) -> None:
+        self.merged = merged  # certifi/OS roots + profile CAs (append/system), or profile CAs
         self.own = own  # the profile's CAs only, for NODE_EXTRA_CA_CERTS
         self.sources = sources
+        # What the merged bundle holds, in order: (kind, source, certificates), kind being
+        # "certifi", "os" (a file, keychain or store of the OS) or "file" (a ca_bundle entry).
+        self.counts = counts or []
 
 
 def pem_certificates(path: str, where: str) -> list[str]:
@@ -88,21 +103,42 @@ def certifi_bundle() -> str:
     return str(certifi.where())
 
 
-def build_bundles(files: list[tuple[str, str]], mode: str) -> Bundles:
-    """files: (absolute path, where) pairs. Writes (or reuses) the merged and own bundles."""
+def build_bundles(
+    files: list[tuple[str, str]],
+    mode: str,
+    *,
+    where: str = "ca_mode",
+    roots: SystemRoots | None = None,
+) -> Bundles:
+    """files: (absolute path, where) pairs. Writes (or reuses) the merged and own bundles.
+
+    mode "system" reads the OS store (`roots` when given), naming `where` in its errors.
+    """
     own_parts: list[str] = []
-    for path, where in files:
-        blocks = pem_certificates(path, where)
+    counts: list[tuple[str, str, int]] = []
+    for path, file_where in files:
+        blocks = pem_certificates(path, file_where)
         own_parts.append(f"# kai-run: from {path}\n" + "\n".join(blocks) + "\n")
+        counts.append(("file", path, len(blocks)))
     own = "".join(own_parts)
     if mode == "replace":
         merged = own
+    elif mode == "system":
+        if roots is None:
+            from kai_launch.systemca import system_roots
+
+            roots = system_roots(where)
+        counts[:0] = [("os", source, n) for source, n in roots.parts]
+        merged = (
+            f"# kai-run: operating system roots from {roots.source}\n{roots.pem.rstrip()}\n{own}"
+        )
     else:
         root = certifi_bundle()
         with open(root, encoding="latin-1") as f:
             public = f.read()
+        counts.insert(0, ("certifi", root, public.count(_BEGIN)))
         merged = f"# kai-run: public roots from {root}\n{public.rstrip()}\n{own}"
-    return Bundles(_store(merged), _store(own), [p for p, _ in files])
+    return Bundles(_store(merged), _store(own), [p for p, _ in files], counts)
 
 
 def _store(content: str) -> str:
