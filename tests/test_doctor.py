@@ -1234,3 +1234,145 @@ def test_mitmproxy_ca_file_of_a_sidecar(write_profiles, tmp_path, sidecar, expec
     if expected is not None:
         expected = expected.format(base=tmp_path, home=os.environ["HOME"])
     assert _mitmproxy_ca_file(profile) == expected
+
+
+# --- ca.sources: the mode and what each source contributed ---------------------------------------
+
+
+def test_ca_sources_counts_each_source_in_text_and_json(write_profiles, tmp_path):
+    from kai_launch.systemca import BUNDLE_FILES
+    from kai_launch.trust import certifi_bundle
+
+    os_bundle = next((p for p in BUNDLE_FILES if Path(p).is_file()), None)
+    if os_bundle is None:
+        pytest.skip("no distribution CA bundle on this machine")
+    os_count = Path(os_bundle).read_text(encoding="latin-1").count("BEGIN CERTIFICATE")
+    certifi_count = Path(certifi_bundle()).read_text().count("BEGIN CERTIFICATE")
+    corp, two = tmp_path / "corp-root.pem", tmp_path / "two.pem"
+    trustme.CA().cert_pem.write_to_path(str(corp))
+    two.write_text(trustme.CA().cert_pem.bytes().decode() + trustme.CA().cert_pem.bytes().decode())
+    path = write_profiles(f"""
+        [profiles.sys]
+        ca_mode = "system"
+        ca_bundle = ["{corp}"]
+        [profiles.laptop]
+        ca_mode = "system"
+        [profiles.app]
+        ca_bundle = ["{corp}", "{two}"]
+        [profiles.rep]
+        ca_mode = "replace"
+        ca_bundle = ["{two}"]
+        [profiles.none]
+        description = "no CA settings: no ca.sources row"
+    """)
+    code, rows, _, _ = doctor("-c", str(path), "--all")
+    assert code == 0
+
+    def sources(profile: str) -> dict[str, Any]:
+        r = row(rows, "ca.sources", profile)
+        assert r["status"] == "ok"
+        assert set(r) == JSON_KEYS | {"data"}
+        return r
+
+    sys_row = sources("sys")
+    assert sys_row["data"] == {
+        "ca_mode": "system",
+        "bundle": sys_row["target"],
+        "total": os_count + 1,
+        "sources": [
+            {"kind": "os", "source": os_bundle, "certificates": os_count},
+            {"kind": "file", "source": str(corp), "certificates": 1},
+        ],
+    }
+    assert sys_row["message"] == (
+        f"ca_mode system: {os_count} roots from {os_bundle} (OS store) + 1 from {corp} "
+        f"= {os_count + 1}"
+    )
+    laptop = sources("laptop")
+    assert laptop["data"]["sources"] == [
+        {"kind": "os", "source": os_bundle, "certificates": os_count}
+    ]
+    app_row = sources("app")
+    assert [(s["kind"], s["certificates"]) for s in app_row["data"]["sources"]] == [
+        ("certifi", certifi_count),
+        ("file", 1),
+        ("file", 2),
+    ]
+    assert app_row["message"].startswith(f"ca_mode append: {certifi_count} roots from ")
+    assert "(public roots (certifi)) + 1 from" in app_row["message"]
+    rep = sources("rep")
+    assert rep["data"]["sources"] == [{"kind": "file", "source": str(two), "certificates": 2}]
+    assert rep["message"] == f"ca_mode replace: 2 certificates from {two} = 2"
+    assert [r for r in rows if r["check"] == "ca.sources" and r["profile"] == "none"] == []
+
+    # The same numbers in the plain text report.
+    result = CliRunner().invoke(app, ["doctor", "-c", str(path), "-p", "sys"])
+    assert result.exit_code == 0, result.stdout
+    (line,) = [x for x in result.stdout.splitlines() if "ca.sources" in x]
+    assert f"ca_mode system: {os_count} roots from {os_bundle} (OS store) + 1 from {corp}" in line
+
+
+def test_ca_sources_fails_when_the_os_store_cannot_be_read(write_profiles, tmp_path, monkeypatch):
+    from kai_launch import systemca
+
+    monkeypatch.setattr(systemca, "BUNDLE_FILES", (str(tmp_path / "gone.crt"),))
+    monkeypatch.setattr(systemca, "_openssl_default_cafile", lambda: None)
+    path = write_profiles(f"""
+        [profiles.sys]
+        ca_mode = "system"
+        check_urls = ["https://{FAR_HOST}:9/"]
+    """)
+    code, rows, _, _ = doctor("-c", str(path), "-p", "sys")
+    assert code == 1
+    failed = row(rows, "ca.sources")
+    assert failed["status"] == "fail"
+    assert "no operating system CA bundle" in failed["message"]
+    assert "key 'ca_mode'" in failed["message"]
+    assert "ca-certificates" in failed["hint"]
+    assert "see ca.sources" in row(rows, "config")["message"]
+    assert row(rows, "target.route")["status"] == "skip"
+
+
+def test_system_mode_trusts_the_os_store_in_doctors_tls_probe(
+    write_profiles, far, tmp_path, monkeypatch
+):
+    """The proxy's CA is in the OS store only: doctor's TLS check fails in append mode, with a
+    hint towards ca_mode = "system", and passes in system mode."""
+    from kai_launch import systemca
+
+    store = tmp_path / "os-bundle.crt"
+    store.write_text(far.ca_path.read_text())
+    monkeypatch.setattr(systemca, "BUNDLE_FILES", (str(store),))
+    path = write_profiles(f"""
+        [profiles.app]
+        ca_bundle = []
+        check_urls = ["{far.url}"]
+        [profiles.sys]
+        ca_mode = "system"
+        check_urls = ["{far.url}"]
+    """)
+    code, rows, _, _ = doctor("-c", str(path), "-p", "app")
+    assert code == 1
+    tls = row(rows, "target.tls")
+    assert tls["status"] == "fail"
+    assert 'ca_mode = "system"' in tls["hint"]
+    code, rows, _, _ = doctor("-c", str(path), "-p", "sys")
+    assert code == 0, rows
+    assert row(rows, "target.tls")["status"] == "ok"
+    assert row(rows, "ca.sources")["data"]["sources"][0]["source"] == str(store)
+
+
+def test_openai_proxy_warns_with_system_mode_too(write_profiles, tmp_path, monkeypatch):
+    from kai_launch import systemca
+
+    store = tmp_path / "os-bundle.crt"
+    trustme.CA().cert_pem.write_to_path(str(store))
+    monkeypatch.setattr(systemca, "BUNDLE_FILES", (str(store),))
+    path = write_profiles("""
+        [profiles.sys]
+        ca_mode = "system"
+        https_proxy = "http://127.0.0.1:9"
+        openai_proxy = true
+    """)
+    _, rows, _, _ = doctor("-c", str(path), "-p", "sys")
+    assert row(rows, "env.openai-proxy-private-ca")["status"] == "warn"
