@@ -464,7 +464,10 @@ def profile_from_env(environ: Mapping[str, str], warnings: list[str]) -> dict[st
     own_cache = os.path.join(paths.user_cache_dir(), "")
     cas: list[str] = []
     seen: set[str] = set()
-    whole_store = False
+    whole_store = os_store = False
+    from kai_launch.systemca import BUNDLE_FILES
+
+    system_files = {os.path.realpath(p) for p in BUNDLE_FILES if os.path.isfile(p)}
     for var in ENV_CA_VARIABLES:
         value = environ.get(var, "").strip()
         if not value:
@@ -472,6 +475,11 @@ def profile_from_env(environ: Mapping[str, str], warnings: list[str]) -> dict[st
         real = os.path.realpath(value)
         if real.startswith(own_cache):
             continue  # kai-run's own merged bundle: the profile that made it is the source
+        if real in system_files:
+            # The distribution's bundle: ca_mode = "system" follows it (and its updates, and
+            # works on the teammate's machine whose distribution keeps it elsewhere).
+            os_store = True
+            continue
         # SSL_CERT_FILE and friends replace a client's whole trust store: the working shell
         # trusts exactly those files, so the profile does too (ca_mode = "replace").
         whole_store = whole_store or var != "NODE_EXTRA_CA_CERTS"
@@ -480,8 +488,10 @@ def profile_from_env(environ: Mapping[str, str], warnings: list[str]) -> dict[st
             cas.append(value)
     if cas:
         body["ca_bundle"] = cas
-        if whole_store:
-            body["ca_mode"] = "replace"
+    if os_store:
+        body["ca_mode"] = "system"
+    elif cas and whole_store:
+        body["ca_mode"] = "replace"
     if not body:
         warnings.append(
             "no proxy or CA variables (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE, SSL_CERT_FILE...) "

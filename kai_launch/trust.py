@@ -38,7 +38,7 @@ class Bundles:
         counts: list[tuple[str, str, int]] | None = None,
     ) -> None:
         self.merged = merged  # certifi/OS roots + profile CAs (append/system), or profile CAs
-        self.own = own  # the profile's CAs only, for NODE_EXTRA_CA_CERTS
+        self.own = own  # the profile's CAs only, for NODE_EXTRA_CA_CERTS ("" when none)
         self.sources = sources
         # What the merged bundle holds, in order: (kind, source, certificates), kind being
         # "certifi", "os" (a file, keychain or store of the OS) or "file" (a ca_bundle entry).
@@ -138,7 +138,8 @@ def build_bundles(
             public = f.read()
         counts.insert(0, ("certifi", root, public.count(_BEGIN)))
         merged = f"# kai-run: public roots from {root}\n{public.rstrip()}\n{own}"
-    return Bundles(_store(merged), _store(own), [p for p, _ in files], counts)
+    # "" when there is nothing of the profile's own (system mode without ca_bundle).
+    return Bundles(_store(merged), _store(own) if own else "", [p for p, _ in files], counts)
 
 
 def _store(content: str) -> str:

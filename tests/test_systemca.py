@@ -424,3 +424,62 @@ def test_windows_keeps_roots_trusted_for_server_auth():
     with pytest.raises(TrustError) as e:
         systemca.system_roots("w", platform="win32", enumerate_store=failing)
     assert "access denied" in e.value.what
+
+
+# --- profiles add --from-env: a shell that trusts the OS bundle ---------------------------------
+
+
+def test_from_env_turns_the_os_bundle_into_ca_mode_system(tmp_path, monkeypatch, write_profiles):
+    from kai_launch import edit
+
+    store = tmp_path / "etc" / "ca-certificates.crt"
+    store.parent.mkdir()
+    trustme.CA().cert_pem.write_to_path(str(store))
+    link = tmp_path / "cert.pem"
+    link.symlink_to(store)  # as /etc/ssl/cert.pem often is
+    monkeypatch.setattr(systemca, "BUNDLE_FILES", (str(store),))
+    corp = tmp_path / "corp.pem"
+    trustme.CA().cert_pem.write_to_path(str(corp))
+    warnings: list[str] = []
+    environ = {
+        "SSL_CERT_FILE": str(link),
+        "REQUESTS_CA_BUNDLE": str(store),
+        "NODE_EXTRA_CA_CERTS": str(corp),
+    }
+    assert edit.profile_from_env(environ, warnings) == {
+        "ca_bundle": [str(corp)],
+        "ca_mode": "system",
+    }
+    assert edit.profile_from_env({"SSL_CERT_FILE": str(store)}, warnings) == {"ca_mode": "system"}
+    # Any other whole-store file is still taken as the shell's exact trust: replace.
+    assert edit.profile_from_env({"SSL_CERT_FILE": str(corp)}, warnings) == {
+        "ca_bundle": [str(corp)],
+        "ca_mode": "replace",
+    }
+    # End to end: the written profile builds a bundle from the OS store.
+    config = write_profiles("")
+    result = CliRunner().invoke(
+        app,
+        ["profiles", "add", "here", "--from-env", "-c", str(config)],
+        env={"SSL_CERT_FILE": str(store)},
+    )
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert 'ca_mode = "system"' in config.read_text()
+    assert blocks(Path(exported(config, "here")["SSL_CERT_FILE"]).read_text()) == blocks(
+        store.read_text()
+    )
+
+
+def test_system_mode_without_ca_bundle_writes_only_the_merged_file(tmp_path):
+    from kai_launch.trust import build_bundles
+
+    store = tmp_path / "os.crt"
+    trustme.CA().cert_pem.write_to_path(str(store))
+    roots = systemca.system_roots("w", platform="linux", candidates=[str(store)])
+    made = build_bundles([], "system", roots=roots)
+    assert made.own == ""
+    assert made.counts == [("os", str(store), 1)]
+    cached = sorted(
+        p.name for p in (Path(os.environ["XDG_CACHE_HOME"]) / "kai-run" / "ca").iterdir()
+    )
+    assert cached == [Path(made.merged).name]
