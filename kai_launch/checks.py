@@ -258,6 +258,13 @@ def check_environment(
         )
 
     replaced = [var for var in OVERRIDABLE if var in parent and child.get(var) != parent[var]]
+    if profile.ca_mode == "system":
+        # A parent CA variable naming the OS bundle is kept in substance: the merged bundle
+        # holds that file's roots.
+        from kai_launch.systemca import BUNDLE_FILES
+
+        os_file = next((os.path.realpath(p) for p in BUNDLE_FILES if os.path.isfile(p)), None)
+        replaced = [v for v in replaced if os.path.realpath(parent[v]) != os_file]
     if replaced:
         out.append(
             Check(

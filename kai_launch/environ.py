@@ -330,7 +330,8 @@ def _trust(profile: Profile, environ: Mapping[str, str], plan: EnvPlan, *, bundl
     made = build_bundles(files, profile.ca_mode, where=f"{mode_origin}, key 'ca_mode'")
     origin = f"ca_bundle ({profile.ca_mode}) of {profile.origins.get('ca_bundle', profile.path)}"
     if system:
-        origin = f"ca_mode = system (OS store + ca_bundle) of {mode_origin}"
+        what = "OS store + ca_bundle" if files else "OS store"
+        origin = f"ca_mode = system ({what}) of {mode_origin}"
     for name in CA_BUNDLE_VARIABLES:
         plan.set(name, made.merged, origin)
     for name in OWN_CA_VARIABLES:

@@ -1376,3 +1376,27 @@ def test_openai_proxy_warns_with_system_mode_too(write_profiles, tmp_path, monke
     """)
     _, rows, _, _ = doctor("-c", str(path), "-p", "sys")
     assert row(rows, "env.openai-proxy-private-ca")["status"] == "warn"
+
+
+def test_system_mode_does_not_call_the_parents_os_bundle_an_override(
+    write_profiles, tmp_path, monkeypatch
+):
+    """A shell with SSL_CERT_FILE=<the distribution bundle> loses nothing in system mode."""
+    from kai_launch import systemca
+
+    store = tmp_path / "os-bundle.crt"
+    trustme.CA().cert_pem.write_to_path(str(store))
+    monkeypatch.setattr(systemca, "BUNDLE_FILES", (str(store),))
+    monkeypatch.setenv("SSL_CERT_FILE", str(store))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(store))
+    path = write_profiles("""
+        [profiles.sys]
+        ca_mode = "system"
+        [profiles.other]
+        ca_bundle = ["os-bundle.crt"]
+    """)
+    _, rows, _, _ = doctor("-c", str(path), "-p", "sys")
+    assert row(rows, "env.parent-override")["status"] == "ok"
+    _, rows, _, _ = doctor("-c", str(path), "-p", "other")
+    override = row(rows, "env.parent-override")
+    assert override["status"] == "warn" and "REQUESTS_CA_BUNDLE" in override["message"]
