@@ -743,6 +743,15 @@ def plaintext_secrets(body: Mapping[str, object]) -> list[str]:
     for prefix, table in (("env", body.get("env")), ("sidecar.env", _sub(body, "sidecar", "env"))):
         if isinstance(table, dict):
             found.extend(f"{prefix}.{k}" for k, v in table.items() if _looks_secret(k) and plain(v))
+    env = body.get("env")
+    if isinstance(env, dict):
+        found.extend(
+            f"env.{k}.oauth2.client_secret"
+            for k, v in env.items()
+            if isinstance(v, dict)
+            and isinstance(v.get("oauth2"), dict)
+            and plain(v["oauth2"].get("client_secret"))
+        )
     return found
 
 
@@ -779,7 +788,13 @@ def _secret_warnings(
             f"kai-run profiles set {name} proxy_auth.password --secret-env VAR"
         )
     for key in found:
-        if key not in urls:
+        if key.endswith(".oauth2.client_secret"):
+            warnings.append(
+                f"profiles.{name}.{key} holds the OAuth2 client secret in plain text ({path}); "
+                'store a reference instead: client_secret = { env = "VAR" } (or { file = "PATH" }, '
+                '{ command = ["prog", "arg"] })'
+            )
+        elif key not in urls:
             warnings.append(
                 f"profiles.{name}.{key} holds a secret in plain text ({path}); store a reference "
                 f"instead: kai-run profiles set {name} {key} --secret-env VAR "
@@ -1672,7 +1687,13 @@ def _check_ref(
     from kai_launch.expand import expand_path
 
     kind, arg = next(iter(ref.items()))
-    if kind == "env" and arg not in environ:
+    if kind == "oauth2":
+        # Its nested references are looked at; the token endpoint is not asked here.
+        for sub in ("client_id", "client_secret"):
+            if is_secret_ref(arg.get(sub)):
+                at = f"{where[:-1]}.oauth2.{sub}'" if where.endswith("'") else where
+                _check_ref(arg[sub], base_dir, at, environ, result, skipped)
+    elif kind == "env" and arg not in environ:
         result.warn(Finding(f"secret variable {arg} is not set here ({where})"))
     elif kind == "file" and not skipped(arg):
         try:
