@@ -1382,7 +1382,7 @@ def complete(job: ProfileJob, profile: Profile, environ: Mapping[str, str]) -> N
     config_check = Check(name, "config", profile.path, OK, message, None, _ms_since(start))
     job.offline.append(_stamp(config_check, job))
     job.child = plan.child_environ(environ)
-    env_checks = check_environment(profile, environ, job.child) + oauth2_checks(name, plan)
+    env_checks = check_environment(profile, environ, job.child) + oauth2_checks(profile, plan)
     for i, check in enumerate(env_checks):
         job.offline.append(_stamp(check, job, i))
     target_urls = job.urls
@@ -1422,25 +1422,18 @@ def complete(job: ProfileJob, profile: Profile, environ: Mapping[str, str]) -> N
             job.targets.append(Target(url, proxy, ca_file, bypass=bypass))
 
 
-def oauth2_checks(name: str, plan: EnvPlan) -> list[Check]:
+def oauth2_checks(profile: Profile, plan: EnvPlan) -> list[Check]:
     """`env.oauth2`: each oauth2 token of the profile's env, fetched (or cached) as a run would."""
     out: list[Check] = []
     now = time.time()
     for var, token in plan.tokens.items():
-        origin = plan.assign[var].origin.removeprefix("secret oauth2: ").split(", profile")[0]
+        what = profile.env[var].describe().removeprefix("oauth2: ")  # type: ignore[union-attr]
         how = "from the cache" if token.cached else f"fetched {token.route}"
         left = max(token.expires_at - now, 0)
-        out.append(
-            Check(
-                name,
-                "env.oauth2",
-                var,
-                OK,
-                f"{var}: token for {origin} {how}, valid for {left:.0f} s",
-            )
-        )
+        message = f"{var}: token for {what} {how}, valid for {left:.0f} s"
+        out.append(Check(profile.name, "env.oauth2", var, OK, message))
     for var, error in plan.token_errors.items():
-        out.append(Check(name, "env.oauth2", var, FAIL, f"{var}: {error.what}", error.hint))
+        out.append(Check(profile.name, "env.oauth2", var, FAIL, f"{var}: {error.what}", error.hint))
     return out
 
 

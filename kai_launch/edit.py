@@ -1688,11 +1688,7 @@ def _check_ref(
 
     kind, arg = next(iter(ref.items()))
     if kind == "oauth2":
-        # Its nested references are looked at; the token endpoint is not asked here.
-        for sub in ("client_id", "client_secret"):
-            if is_secret_ref(arg.get(sub)):
-                at = f"{where[:-1]}.oauth2.{sub}'" if where.endswith("'") else where
-                _check_ref(arg[sub], base_dir, at, environ, result, skipped)
+        pass  # its client_id/client_secret references come on their own; no token is fetched
     elif kind == "env" and arg not in environ:
         result.warn(Finding(f"secret variable {arg} is not set here ({where})"))
     elif kind == "file" and not skipped(arg):
@@ -1717,6 +1713,10 @@ def _secret_refs(body: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any]]
             for key, value in table.items():
                 if is_secret_ref(value):
                     yield f"{prefix}.{key}", value
+                if is_secret_ref(value) and "oauth2" in value:
+                    for sub in ("client_id", "client_secret"):
+                        if is_secret_ref(value["oauth2"].get(sub)):
+                            yield f"{prefix}.{key}.oauth2.{sub}", value["oauth2"][sub]
 
 
 def _unset_vars(body: Mapping[str, Any], environ: Mapping[str, str]) -> set[str]:

@@ -55,6 +55,7 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 15.0
 EXCERPT = 200  # characters of a non-JSON error body shown
 CACHE_DIR = "oauth2"
+STALE_AFTER = 7 * 86400.0  # a cache entry nobody used for a week is dropped (it is refetched)
 
 
 class OAuth2Spec:
@@ -263,6 +264,7 @@ def fetch_token(
             return hit
         token = _request(spec, url, client_id, secret, child, where)
         write_cache(path, token)
+        prune(os.path.dirname(path), time.time(), keep=path)
     return token
 
 
@@ -357,6 +359,23 @@ def write_cache(path: str, token: Token) -> None:
 
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+def prune(directory: str, now: float, *, keep: str) -> None:
+    """Drop what a rotated secret or a changed scope leaves behind: entries (and their locks)
+    untouched for STALE_AFTER, and temp files of a run killed mid-write. Only after a fetch."""
+    import contextlib
+
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(directory, name)
+        limit = 3600.0 if name.endswith(".tmp") else STALE_AFTER
+        with contextlib.suppress(OSError):
+            if path != keep and now - os.stat(path).st_mtime > limit:
+                os.unlink(path)
 
 
 def _locked(path: str) -> _Lock:

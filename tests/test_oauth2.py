@@ -650,3 +650,54 @@ def test_a_silent_token_endpoint_times_out(monkeypatch, hanging_server):
     assert caught.value.what == (
         f"token endpoint {url}, reached directly (no proxy), did not answer within 0.5 s"
     )
+
+
+def test_config_check_looks_at_the_nested_references_without_fetching(kai_run, tmp_path, idp):
+    config = tmp_path / "profiles.toml"
+    config.write_text(
+        "[profiles.corp]\n\n[profiles.corp.env.T.oauth2]\n"
+        f'token_url = "{idp.url("localhost")}"\nclient_id = {{ env = "CID" }}\n'
+        'client_secret = { env = "CSECRET" }\n'
+    )
+    run = kai_run("-c", str(config), "config", "check")
+    out = run.stdout + run.stderr
+    assert (
+        f"secret variable CID is not set here ({config}, line 5, profile 'corp', key 'env.T.oauth2.client_id')"
+        in out
+    )
+    assert "key 'env.T.oauth2.client_secret'" in out
+    assert idp.requests == []
+
+
+def test_stale_cache_entries_are_pruned_after_a_fetch(kai_run, tmp_path, idp):
+    config = write_profile(tmp_path, idp.url("localhost"))
+    assert run_child(kai_run, config).returncode == 0
+    (current,) = cache_files()
+    old = current.parent / ("0" * 40 + ".json")
+    old.write_text("{}")
+    leftover = current.parent / "x.json.123.tmp"
+    leftover.write_text("")
+    week_ago = time.time() - 8 * 86400
+    os.utime(old, (week_ago, week_ago))
+    os.utime(leftover, (week_ago, week_ago))
+    current.unlink()
+    assert run_child(kai_run, config).returncode == 0
+    assert not old.exists() and not leftover.exists()
+    assert len(cache_files()) == 1
+
+
+def test_a_socks_proxy_without_pysocks_is_explained():
+    from kai_launch.errors import SecretError
+
+    pytest.importorskip("requests")
+    try:
+        import socks  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("PySocks is installed: requests can use SOCKS proxies")
+    child = {"ALL_PROXY": "socks5://127.0.0.1:9", "NO_PROXY": "localhost,127.0.0.1,::1"}
+    with pytest.raises(SecretError) as caught:
+        oauth2.fetch_token(_ref(f"https://{NAME}/token"), {}, child)
+    assert "requests needs PySocks" in caught.value.what
+    assert "requests[socks]" in (caught.value.hint or "")
