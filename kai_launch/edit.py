@@ -1498,6 +1498,15 @@ def _absolute_paths(body: dict[str, Any], base_dir: str) -> dict[str, Any]:
                 k: {"file": fix(v["file"])} if is_secret_ref(v) and "file" in v else v
                 for k, v in table.items()
             }
+    env = out.get("env")
+    if isinstance(env, dict):
+        for k, v in env.items():
+            if is_secret_ref(v) and "oauth2" in v:  # its client_id/client_secret may be files
+                nested = dict(v["oauth2"])
+                for sub in ("client_id", "client_secret"):
+                    if is_secret_ref(nested.get(sub)) and "file" in nested[sub]:
+                        nested[sub] = {"file": fix(nested[sub]["file"])}
+                env[k] = {"oauth2": nested}
     return out
 
 

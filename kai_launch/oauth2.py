@@ -374,7 +374,7 @@ def prune(directory: str, now: float, *, keep: str) -> None:
         path = os.path.join(directory, name)
         limit = 3600.0 if name.endswith(".tmp") else STALE_AFTER
         with contextlib.suppress(OSError):
-            if path != keep and now - os.stat(path).st_mtime > limit:
+            if path not in (keep, keep + ".lock") and now - os.stat(path).st_mtime > limit:
                 os.unlink(path)
 
 

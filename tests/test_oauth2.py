@@ -701,3 +701,19 @@ def test_a_socks_proxy_without_pysocks_is_explained():
         oauth2.fetch_token(_ref(f"https://{NAME}/token"), {}, child)
     assert "requests needs PySocks" in caught.value.what
     assert "requests[socks]" in (caught.value.hint or "")
+
+
+def test_copying_a_site_profile_keeps_the_nested_secret_file_reachable(kai_run):
+    site = Path(os.environ["XDG_CONFIG_DIRS"]) / "kai-run" / "profiles.toml"
+    site.parent.mkdir(parents=True)
+    site.write_text(
+        "[profiles.corp.env.T.oauth2]\n"
+        'token_url = "https://idp.example/token"\nclient_id = "a"\n'
+        'client_secret = { file = "client.secret" }\n'
+    )
+    run = kai_run("profiles", "copy", "corp", "mine")
+    assert run.returncode == 0, run
+    user = Path(os.environ["XDG_CONFIG_HOME"]) / "kai-run" / "profiles.toml"
+    text = user.read_text()
+    assert f'client_secret = {{ file = "{site.parent / "client.secret"}" }}' in text, text
+    assert 'token_url = "https://idp.example/token"' in text
