@@ -605,8 +605,13 @@ def _parse(
             detail = code + (
                 f": {_excerpt(description, scrub)}" if isinstance(description, str) else ""
             )
+            refused = (
+                "the client credentials"
+                if code in ("invalid_client", "unauthorized_client", "access_denied")
+                else "the token request"
+            )
             raise SecretError(
-                f"token endpoint {shown} refused the client credentials: {detail}",
+                f"token endpoint {shown} refused {refused}: {detail}",
                 where,
                 _ERROR_HINTS.get(code, _GENERIC_HINT),
             )

@@ -717,3 +717,71 @@ def test_copying_a_site_profile_keeps_the_nested_secret_file_reachable(kai_run):
     text = user.read_text()
     assert f'client_secret = {{ file = "{site.parent / "client.secret"}" }}' in text, text
     assert 'token_url = "https://idp.example/token"' in text
+
+
+ROUTE_ADDON = f'''
+"""Test addon: send {NAME} to the token endpoint on 127.0.0.1, verified as localhost."""
+from mitmproxy import http
+
+
+class RouteToLoopback:
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.request.host == "{NAME}":
+            flow.request.host = "127.0.0.1"
+
+    def server_connect(self, data) -> None:
+        if data.server.address and data.server.address[0] == "127.0.0.1":
+            data.server.sni = "localhost"
+
+
+addons = [RouteToLoopback()]
+'''
+
+
+def test_through_a_tls_intercepting_mitmdump(kai_run, tmp_path, mitm_binary, idp):
+    # The profile trusts mitmproxy's CA only: the token comes back only if the request went
+    # through this mitmdump (which verifies the endpoint with the endpoint's own CA).
+    from support.mitm import LOOPBACK_GUARD_ADDON, MitmDump
+
+    addon = tmp_path / "route_to_loopback.py"
+    addon.write_text(ROUTE_ADDON)
+    mitm = MitmDump(
+        mitm_binary,
+        confdir=tmp_path / "mitm",
+        upstream_ca=tmp_path / "idp-ca.pem",
+        addons=[addon, LOOPBACK_GUARD_ADDON],  # the guard after the mapping, as in test_e2e
+        loopback_only=False,
+    )
+    with mitm:
+        config = tmp_path / "profiles.toml"
+        config.write_text(
+            f'[profiles.corp]\nhttps_proxy = "{mitm.url}"\nca_bundle = "{mitm.ca_cert_path}"\n'
+            "[profiles.corp.env.OPENAI_API_KEY.oauth2]\n"
+            f'token_url = "{idp.url(NAME)}"\nclient_id = "{CLIENT}"\n'
+            'client_secret = { env = "KAI_CLIENT_SECRET" }\nclient_auth = "post"\n'
+        )
+        run = run_child(kai_run, config)
+        assert run.returncode == 0, (run, mitm.log_tail())
+        assert json.loads(run.stdout)["OPENAI_API_KEY"] == idp.issued[0]
+        deadline = time.monotonic() + 5
+        while "/token" not in mitm.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # The flow line names the mapped address; the CONNECT named the endpoint's host.
+        assert f"POST https://127.0.0.1:{idp.port}/token" in mitm.log_text()
+    assert idp.requests[0].form["client_secret"] == SECRET
+
+
+def test_invalid_scope_and_redirects_are_explained(kai_run, tmp_path, idp):
+    config = write_profile(tmp_path, idp.url("localhost"), extra=', scope = "x"')
+    idp.mode = "invalid_scope"
+    run = run_child(kai_run, config)
+    assert run.returncode == 2
+    assert "refused the token request: invalid_scope: scope 'x' is not allowed" in run.stderr
+    assert "hint: check scope" in run.stderr
+    idp.mode = "redirect"
+    run = run_child(kai_run, config)
+    assert run.returncode == 2
+    assert (
+        "answered HTTP 302 Found, a redirect to https://sso.kai-oauth.invalid/login" in run.stderr
+    )
+    assert len(idp.requests) == 2  # the redirect was not followed

@@ -68,7 +68,8 @@ def _headers(head: bytes) -> tuple[str, dict[str, str]]:
 
 class TokenServer(_LoopbackServer):
     """Modes: "ok" (a token when the credentials match), "error" (always a 401 invalid_client
-    JSON), "html500" (a 500 HTML page echoing the request), "no_token" (200 without a token)."""
+    JSON), "invalid_scope" (400), "redirect" (302 to a login page), "html500" (a 500 HTML page
+    echoing the request), "no_token" (200 without a token)."""
 
     def __init__(
         self,
@@ -138,6 +139,11 @@ class TokenServer(_LoopbackServer):
             return "500 Internal Server Error", page, "text/html"
         if self.mode == "error":
             return "401 Unauthorized", _json_error(), "application/json"
+        if self.mode == "invalid_scope":
+            body = {"error": "invalid_scope", "error_description": "scope 'x' is not allowed"}
+            return "400 Bad Request", json.dumps(body), "application/json"
+        if self.mode == "redirect":
+            return "302 Found\r\nLocation: https://sso.kai-oauth.invalid/login", "", "text/plain"
         creds = req.basic() or (req.form.get("client_id"), req.form.get("client_secret"))
         if (
             req.method != "POST"
