@@ -19,8 +19,9 @@ Tokens are cached in the user cache dir (`oauth2/`, dir 0700, files 0600, writte
 keyed by a sha256 over token_url, client_id, scope, audience, client_auth and a sha256 of the
 client secret, so a changed secret (or scope) fetches a new token and the secret itself is never
 stored. A token is reused until less than min(60 s, 10% of its lifetime) remains; a token
-answered without `expires_in` is kept DEFAULT_LIFETIME seconds. A cache hit imports neither
-requests nor anything else heavy: it is on the exec path.
+answered without `expires_in` is kept DEFAULT_LIFETIME seconds. A miss takes a per-entry lock
+(POSIX flock), so concurrent launches make one request, and drops entries unused for a week. A
+cache hit imports neither requests nor anything else heavy: it is on the exec path.
 
 Nothing here prints. The client secret, the Authorization header and the token never appear in
 an error message; an error body is shown only as a short excerpt with the secret scrubbed.
