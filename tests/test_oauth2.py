@@ -785,3 +785,16 @@ def test_invalid_scope_and_redirects_are_explained(kai_run, tmp_path, idp):
         "answered HTTP 302 Found, a redirect to https://sso.kai-oauth.invalid/login" in run.stderr
     )
     assert len(idp.requests) == 2  # the redirect was not followed
+
+
+def test_token_url_expands_variables(kai_run, tmp_path, idp):
+    config = write_profile(tmp_path, "${IDP_URL}")
+    run = kai_run(
+        "-c", str(config), "-p", "corp", "--", sys.executable, "-c", CHILD,
+        env={"KAI_CLIENT_SECRET": SECRET, "IDP_URL": idp.url("localhost")},
+    )  # fmt: skip
+    assert run.returncode == 0, run
+    assert json.loads(run.stdout)["OPENAI_API_KEY"] == idp.issued[0]
+    unset = run_child(kai_run, config)
+    assert unset.returncode == 2 and "IDP_URL" in unset.stderr
+    assert "key 'env.OPENAI_API_KEY.oauth2.token_url'" in unset.stderr
