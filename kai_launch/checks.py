@@ -42,6 +42,7 @@ from kai_launch.proxyurl import redact_url
 if TYPE_CHECKING:
     from kai_launch.certinfo import CertInfo
     from kai_launch.config import Config
+    from kai_launch.environ import EnvPlan
     from kai_launch.profiles import Profile
     from kai_launch.route import RouteReport
 
@@ -1431,12 +1432,12 @@ def complete(job: ProfileJob, profile: Profile, environ: Mapping[str, str]) -> N
     ca_broken = False
     see_ca = "ca.sources and ca.file" if profile.ca_mode == "system" else "ca.file"
     try:
-        plan = build_plan(profile, environ)
+        plan = build_plan(profile, environ, collect_token_errors=True)
     except TrustError:
         # The ca.* rows say what is wrong with which file; the rest is checked without it.
         ca_broken = True
         try:
-            plan = build_plan(profile, environ, bundles=False)
+            plan = build_plan(profile, environ, bundles=False, collect_token_errors=True)
         except KaiRunError as e:
             job.offline.append(_config_fail(job, e, profile.path, start))
             return
@@ -1449,10 +1450,13 @@ def complete(job: ProfileJob, profile: Profile, environ: Mapping[str, str]) -> N
     message = f"profile '{name}'{extends} resolves, and so does every secret reference"
     if ca_broken:
         message = f"profile '{name}' resolves, but its CA bundle cannot be built (see {see_ca})"
+    elif plan.token_errors:
+        message = f"profile '{name}'{extends} resolves, but an OAuth2 token cannot be had (see env.oauth2)"
     config_check = Check(name, "config", profile.path, OK, message, None, _ms_since(start))
     job.offline.append(_stamp(config_check, job))
     job.child = plan.child_environ(environ)
-    for i, check in enumerate(check_environment(profile, environ, job.child)):
+    env_checks = check_environment(profile, environ, job.child) + oauth2_checks(profile, plan)
+    for i, check in enumerate(env_checks):
         job.offline.append(_stamp(check, job, i))
     target_urls = job.urls
     no_proxy = job.child.get("NO_PROXY", "")
@@ -1489,6 +1493,21 @@ def complete(job: ProfileJob, profile: Profile, environ: Mapping[str, str]) -> N
                 is not None
             )
             job.targets.append(Target(url, proxy, ca_file, bypass=bypass))
+
+
+def oauth2_checks(profile: Profile, plan: EnvPlan) -> list[Check]:
+    """`env.oauth2`: each oauth2 token of the profile's env, fetched (or cached) as a run would."""
+    out: list[Check] = []
+    now = time.time()
+    for var, token in plan.tokens.items():
+        what = profile.env[var].describe().removeprefix("oauth2: ")  # type: ignore[union-attr]
+        how = "from the cache" if token.cached else f"fetched {token.route}"
+        left = max(token.expires_at - now, 0)
+        message = f"{var}: token for {what} {how}, valid for {left:.0f} s"
+        out.append(Check(profile.name, "env.oauth2", var, OK, message))
+    for var, error in plan.token_errors.items():
+        out.append(Check(profile.name, "env.oauth2", var, FAIL, f"{var}: {error.what}", error.hint))
+    return out
 
 
 def _config_fail(job: ProfileJob, e: KaiRunError, where: str, start: float) -> Check:

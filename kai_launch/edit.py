@@ -753,6 +753,15 @@ def plaintext_secrets(body: Mapping[str, object]) -> list[str]:
     for prefix, table in (("env", body.get("env")), ("sidecar.env", _sub(body, "sidecar", "env"))):
         if isinstance(table, dict):
             found.extend(f"{prefix}.{k}" for k, v in table.items() if _looks_secret(k) and plain(v))
+    env = body.get("env")
+    if isinstance(env, dict):
+        found.extend(
+            f"env.{k}.oauth2.client_secret"
+            for k, v in env.items()
+            if isinstance(v, dict)
+            and isinstance(v.get("oauth2"), dict)
+            and plain(v["oauth2"].get("client_secret"))
+        )
     return found
 
 
@@ -789,7 +798,13 @@ def _secret_warnings(
             f"kai-run profiles set {name} proxy_auth.password --secret-env VAR"
         )
     for key in found:
-        if key not in urls:
+        if key.endswith(".oauth2.client_secret"):
+            warnings.append(
+                f"profiles.{name}.{key} holds the OAuth2 client secret in plain text ({path}); "
+                'store a reference instead: client_secret = { env = "VAR" } (or { file = "PATH" }, '
+                '{ command = ["prog", "arg"] })'
+            )
+        elif key not in urls:
             warnings.append(
                 f"profiles.{name}.{key} holds a secret in plain text ({path}); store a reference "
                 f"instead: kai-run profiles set {name} {key} --secret-env VAR "
@@ -1493,6 +1508,15 @@ def _absolute_paths(body: dict[str, Any], base_dir: str) -> dict[str, Any]:
                 k: {"file": fix(v["file"])} if is_secret_ref(v) and "file" in v else v
                 for k, v in table.items()
             }
+    env = out.get("env")
+    if isinstance(env, dict):
+        for k, v in env.items():
+            if is_secret_ref(v) and "oauth2" in v:  # its client_id/client_secret may be files
+                nested = dict(v["oauth2"])
+                for sub in ("client_id", "client_secret"):
+                    if is_secret_ref(nested.get(sub)) and "file" in nested[sub]:
+                        nested[sub] = {"file": fix(nested[sub]["file"])}
+                env[k] = {"oauth2": nested}
     return out
 
 
@@ -1682,7 +1706,9 @@ def _check_ref(
     from kai_launch.expand import expand_path
 
     kind, arg = next(iter(ref.items()))
-    if kind == "env" and arg not in environ:
+    if kind == "oauth2":
+        pass  # its client_id/client_secret references come on their own; no token is fetched
+    elif kind == "env" and arg not in environ:
         result.warn(Finding(f"secret variable {arg} is not set here ({where})"))
     elif kind == "file" and not skipped(arg):
         try:
@@ -1706,6 +1732,10 @@ def _secret_refs(body: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any]]
             for key, value in table.items():
                 if is_secret_ref(value):
                     yield f"{prefix}.{key}", value
+                if is_secret_ref(value) and "oauth2" in value:
+                    for sub in ("client_id", "client_secret"):
+                        if is_secret_ref(value["oauth2"].get(sub)):
+                            yield f"{prefix}.{key}.oauth2.{sub}", value["oauth2"][sub]
 
 
 def _unset_vars(body: Mapping[str, Any], environ: Mapping[str, str]) -> set[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from kai_launch.errors import ConfigError
+from kai_launch.errors import ConfigError, KaiRunError
 from kai_launch.expand import expand_path, expand_vars
 from kai_launch.noproxy import is_ipv6_cidr, normalise_no_proxy
 from kai_launch.profiles import PROFILE_ENV
@@ -21,6 +21,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
+    from kai_launch.oauth2 import Token
     from kai_launch.profiles import Profile
 
 # Profile setting -> the variables it sets. Both spellings always get the same value (or are both
@@ -94,7 +95,7 @@ class Assignment:
 class EnvPlan:
     """What the child's environment will be, relative to the parent's."""
 
-    __slots__ = ("assign", "clean_env", "profile", "removals", "warnings")
+    __slots__ = ("assign", "clean_env", "profile", "removals", "token_errors", "tokens", "warnings")
 
     def __init__(self, profile: str) -> None:
         self.profile = profile
@@ -102,6 +103,9 @@ class EnvPlan:
         self.removals: dict[str, str] = {}  # name -> why
         self.warnings: list[str] = []
         self.clean_env = False
+        # env.NAME -> its oauth2 token / why it could not be had (collect_token_errors=True)
+        self.tokens: dict[str, Token] = {}
+        self.token_errors: dict[str, KaiRunError] = {}
 
     def set(self, name: str, value: str, origin: str, *, secret: bool = False) -> None:
         if "\x00" in value:
@@ -163,11 +167,14 @@ def build_plan(
     resolve_secrets: bool = True,
     clean_env: bool = False,
     bundles: bool = True,
+    collect_token_errors: bool = False,
 ) -> EnvPlan:
     """Translate `profile` into an EnvPlan. `environ` is the parent's, for ${VAR} and secrets.
 
     resolve_secrets=False (for `show` without --reveal) leaves secret values as `***` and runs
     no secret command. bundles=False skips writing CA bundles (the plan then names no CA file).
+    collect_token_errors=True (doctor): an oauth2 token that cannot be had goes to
+    plan.token_errors, its variable left out, instead of failing the whole plan.
     """
     plan = EnvPlan(profile.name)
     plan.clean_env = clean_env
@@ -187,7 +194,12 @@ def build_plan(
 
     for name, value in profile.env.items():
         origin = profile.origins.get(f"env.{name}", profile.path)
-        if isinstance(value, SecretRef):
+        if isinstance(value, SecretRef) and value.kind == "oauth2" and resolve_secrets:
+            # After _proxies and _trust: the token is fetched the way the child would fetch it.
+            token = _oauth2_token(name, value, environ, plan, collect=collect_token_errors)
+            if token is not None:
+                plan.set(name, token, f"secret {value.describe()}, {origin}", secret=True)
+        elif isinstance(value, SecretRef):
             plan.set(
                 name,
                 secret(value),
@@ -211,6 +223,22 @@ def build_plan(
             f"profile '{profile.name}' instead"
         )
     return plan
+
+
+def _oauth2_token(
+    name: str, ref: SecretRef, environ: Mapping[str, str], plan: EnvPlan, *, collect: bool
+) -> str | None:
+    from kai_launch.oauth2 import fetch_token
+
+    try:
+        token = fetch_token(ref, environ, plan.child_environ(environ))
+    except KaiRunError as e:
+        if not collect:
+            raise
+        plan.token_errors[name] = e
+        return None
+    plan.tokens[name] = token
+    return token.value
 
 
 def _proxies(

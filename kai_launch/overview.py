@@ -86,6 +86,8 @@ def _shown(key: str, value: object, *, reveal: bool) -> object:
     from kai_launch.environ import looks_secret
 
     if isinstance(value, SecretRef):
+        if reveal and value.kind == "oauth2":
+            return {value.kind: value.arg.to_toml()}  # type: ignore[union-attr]
         return value.describe() if not reveal else {value.kind: value.arg}
     if isinstance(value, str):
         if not reveal and (looks_secret(key) or key == "proxy_auth.password"):

@@ -13,7 +13,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-SECRET_KINDS = ("env", "file", "command")
+SECRET_KINDS = ("env", "file", "command", "oauth2")
 
 
 class Field:
@@ -287,7 +287,8 @@ def _check_value(field: Field, value: object, where: Where) -> None:
         validate_fields(value, field.subfields, where)
 
 
-def check_secret_ref(value: object, where: Where) -> None:
+def check_secret_ref(value: object, where: Where, *, nested: bool = False) -> None:
+    """nested: a reference inside an oauth2 table (client_id, client_secret)."""
     example = '{ env = "NAME" }, { file = "PATH" } or { command = ["prog", "arg"] }'
     if not isinstance(value, dict):
         raise _fail(
@@ -306,6 +307,18 @@ def check_secret_ref(value: object, where: Where) -> None:
             f"unknown secret reference '{kind}'",
             did_you_mean(kind, SECRET_KINDS) or f"write {example}",
         )
+    if kind == "oauth2":
+        # Only the profile's own env: the token is fetched through the profile's proxy and CA
+        # bundle, which proxy_auth helps build and which the sidecar's env does not get.
+        if nested or (where.key or "").split(".")[0] != "env":
+            raise _fail(
+                where.sub("oauth2"),
+                "an oauth2 reference is only allowed in the profile's env table",
+                "the token is fetched through the profile's proxy and CA bundle: put it in "
+                "env.NAME; here use { env = ... }, { file = ... } or { command = [...] }",
+            )
+        check_oauth2(arg, where.sub("oauth2"))
+        return
     if kind == "command":
         _check_str_list(arg, where.sub("command"))
         if not arg:
@@ -320,6 +333,86 @@ def check_secret_ref(value: object, where: Where) -> None:
         )
     elif kind == "env":
         _check_var_name(arg, where.sub(kind))
+
+
+_OAUTH2_EXAMPLE = (
+    '{ oauth2 = { token_url = "https://idp.example.com/oauth2/token", client_id = "kai", '
+    'client_secret = { env = "KAI_CLIENT_SECRET" } } }'
+)
+
+
+def check_oauth2(value: object, where: Where) -> None:
+    """The table of an `{ oauth2 = {...} }` reference (shape only; token_url's ${VAR} later)."""
+    try:
+        _check_oauth2(value, where)
+    except ConfigError as e:
+        if e.hint is None:
+            e.hint = f"an oauth2 reference is {_OAUTH2_EXAMPLE}"
+        raise
+
+
+def _check_oauth2(value: object, where: Where) -> None:
+    from kai_launch.oauth2 import CLIENT_AUTH, KEYS, REQUIRED
+
+    if not isinstance(value, dict):
+        raise _fail(
+            where,
+            f"expected a table with token_url, client_id and client_secret, got {_type_name(value)}",
+            f"write {_OAUTH2_EXAMPLE}",
+        )
+    for key in value:
+        if key not in KEYS:
+            raise _fail(
+                where.sub(key),
+                f"unknown oauth2 key '{key}'",
+                did_you_mean(key, KEYS) or "oauth2 keys: " + ", ".join(KEYS),
+            )
+    for key in REQUIRED:
+        if key not in value:
+            raise _fail(where, f"the oauth2 reference has no {key}", f"write {_OAUTH2_EXAMPLE}")
+    url = value["token_url"]
+    if not isinstance(url, str):
+        raise _fail(where.sub("token_url"), f"expected a URL string, got {_type_name(url)}")
+    if not url.startswith("${") and not url.lower().startswith(("http://", "https://")):
+        raise _fail(
+            where.sub("token_url"),
+            f"token_url '{url}' is not an http:// or https:// URL",
+            'write e.g. token_url = "https://idp.example.com/oauth2/token"',
+        )
+    for key in ("client_id", "client_secret"):
+        item = value[key]
+        if isinstance(item, str):
+            if not item:
+                raise _fail(
+                    where.sub(key),
+                    f"{key} cannot be empty",
+                    f'write a string, or a reference such as {key} = {{ env = "NAME" }}',
+                )
+            continue
+        check_secret_ref(item, where.sub(key), nested=True)
+    scope = value.get("scope")
+    if scope is not None:
+        if isinstance(scope, list):
+            _check_str_list(scope, where.sub("scope"))
+            if not all(s.strip() for s in scope):
+                raise _fail(where.sub("scope"), "a scope in the list is empty")
+        elif not isinstance(scope, str):
+            raise _fail(
+                where.sub("scope"),
+                f"expected a string or a list of strings, got {_type_name(scope)}",
+                'write scope = "a b" or scope = ["a", "b"]',
+            )
+    audience = value.get("audience")
+    if audience is not None and not isinstance(audience, str):
+        raise _fail(where.sub("audience"), f"expected a string, got {_type_name(audience)}")
+    auth = value.get("client_auth")
+    if auth is not None and auth not in CLIENT_AUTH:
+        raise _fail(
+            where.sub("client_auth"),
+            f"expected one of basic, post, got {auth!r}",
+            did_you_mean(str(auth), CLIENT_AUTH)
+            or '"basic" (HTTP Basic, the default) or "post" (client_id/client_secret in the body)',
+        )
 
 
 def _check_str_list(value: object, where: Where) -> None:
@@ -376,6 +469,13 @@ def locate_line(path: str, profile: str | None, key: str | None) -> int | None:
             continue
         target = want_table + key_parts[-1:]
         if full == target or (key_parts and full[: len(target)] == target):
+            return number
+        # `X = { oauth2 = { token_url = ... } }`: the line of env.X holds env.X.oauth2.*
+        if (
+            profile is not None
+            and len(key_parts) > 2
+            and full == ["profiles", profile, *key_parts[:2]]
+        ):
             return number
         # a dotted or inline-table form such as `env.X = ...` or `env = { X = ... }`
         if profile is not None and key_parts and full[:3] == ["profiles", profile, key_parts[0]]:

@@ -1,7 +1,8 @@
-"""Secret references: `{ env = "NAME" }`, `{ file = "PATH" }`, `{ command = [argv...] }`.
+"""Secret references: `{ env = "NAME" }`, `{ file = "PATH" }`, `{ command = [argv...] }`, and in
+a profile's env `{ oauth2 = { token_url = ..., client_id = ..., client_secret = ... } }`.
 
-They are resolved only when a profile is used, never cached, and never shown to humans
-unless `--reveal` is given.
+They are resolved only when a profile is used, and never shown to humans unless `--reveal` is
+given. Only oauth2 tokens are cached (kai_launch/oauth2.py): the others are read every time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
     import subprocess
     from collections.abc import Mapping
 
+    from kai_launch.oauth2 import OAuth2Spec
+
 COMMAND_TIMEOUT = 10.0
 
 
@@ -24,8 +27,10 @@ class SecretRef:
 
     __slots__ = ("arg", "base_dir", "kind", "where")
 
-    def __init__(self, kind: str, arg: str | list[str], base_dir: str, where: str) -> None:
-        self.kind = kind  # "env", "file" or "command"
+    def __init__(
+        self, kind: str, arg: str | list[str] | OAuth2Spec, base_dir: str, where: str
+    ) -> None:
+        self.kind = kind  # "env", "file", "command" or "oauth2"
         self.arg = arg
         self.base_dir = base_dir
         self.where = where  # "profile 'corp', key 'env.X' (/path/profiles.toml)"
@@ -33,13 +38,22 @@ class SecretRef:
     @classmethod
     def from_toml(cls, value: dict[str, object], base_dir: str, where: str) -> SecretRef:
         kind, arg = next(iter(value.items()))
+        if kind == "oauth2":
+            from kai_launch.oauth2 import OAuth2Spec
+
+            assert isinstance(arg, dict)
+            return cls(kind, OAuth2Spec.from_toml(arg, base_dir, where), base_dir, where)
         assert isinstance(arg, (str, list))
         return cls(kind, [str(a) for a in arg] if isinstance(arg, list) else arg, base_dir, where)
 
     def describe(self) -> str:
         """How show/doctor name the reference without revealing the value."""
         if self.kind == "command":
+            assert isinstance(self.arg, list)
             return "command: " + " ".join(self.arg)
+        if self.kind == "oauth2":
+            assert not isinstance(self.arg, (str, list))
+            return f"oauth2: {self.arg.describe()}"
         return f"{self.kind}: {self.arg}"
 
     def __eq__(self, other: object) -> bool:
@@ -50,13 +64,22 @@ class SecretRef:
         )
 
     def __hash__(self) -> int:
-        return hash((self.kind, str(self.arg), self.base_dir))
+        arg = tuple(self.arg) if isinstance(self.arg, list) else self.arg
+        return hash((self.kind, arg, self.base_dir))
 
     def __repr__(self) -> str:
         return f"SecretRef({self.kind}={self.arg!r})"
 
 
 def resolve_secret(ref: SecretRef, environ: Mapping[str, str]) -> str:
+    if ref.kind == "oauth2":
+        # schema.py allows oauth2 only in a profile's env, which environ.build_plan resolves
+        # with the plan's proxies and CA bundle (kai_launch.oauth2.fetch_token).
+        raise SecretError(
+            "an oauth2 reference can only be used in the profile's env table",
+            ref.where,
+            "the token is fetched through the profile's proxy and CA bundle: use env.NAME",
+        )
     if ref.kind == "env":
         assert isinstance(ref.arg, str)
         value = environ.get(ref.arg)
