@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
     from kai_launch.profiles import Profile
+    from kai_launch.trust import Bundles
 
 # Profile setting -> the variables it sets. Both spellings always get the same value (or are both
 # removed), so no client can read a stale upper- or lower-case variable left in the parent.
@@ -62,6 +63,8 @@ CLEAN_ENV_KEEP_WINDOWS = (
 CLEAN_ENV_PREFIXES = ("LC_",)
 
 _SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "KEY")
+# -D options with proxy passwords: shown as -Dhttp.proxyPassword=*** (jvm.mask_options).
+_JVM_VARIABLES = ("JAVA_TOOL_OPTIONS", "MAVEN_OPTS")
 
 
 def looks_secret(name: str) -> bool:
@@ -86,6 +89,10 @@ class Assignment:
             return self.value
         if self.secret:
             return "***"
+        if self.name in _JVM_VARIABLES:
+            from kai_launch.jvm import mask_options
+
+            return mask_options(self.name, self.value)
         if "://" in self.value and "@" in self.value:
             return redact_url(self.value)
         return self.value
@@ -183,7 +190,7 @@ def build_plan(
         plan.remove(name, f"unset in {origin}")
 
     _proxies(profile, environ, plan, secret)
-    _trust(profile, environ, plan, bundles=bundles)
+    made = _trust(profile, environ, plan, bundles=bundles)
 
     for name, value in profile.env.items():
         origin = profile.origins.get(f"env.{name}", profile.path)
@@ -196,6 +203,8 @@ def build_plan(
             )
         else:
             plan.set(name, expand_vars(value, environ, f"{origin}, key 'env.{name}'"), origin)
+    if profile.jvm:
+        _jvm(profile, environ, plan, made)
 
     nested = environ.get(PROFILE_ENV)
     plan.set(PROFILE_ENV, profile.name, "kai-run")
@@ -301,7 +310,9 @@ def _proxy(
     return parsed.unparse()
 
 
-def _trust(profile: Profile, environ: Mapping[str, str], plan: EnvPlan, *, bundles: bool) -> None:
+def _trust(
+    profile: Profile, environ: Mapping[str, str], plan: EnvPlan, *, bundles: bool
+) -> Bundles | None:
     if profile.insecure:
         origin = profile.origins.get("insecure", profile.path)
         for name, value in INSECURE_VARIABLES:
@@ -312,7 +323,7 @@ def _trust(profile: Profile, environ: Mapping[str, str], plan: EnvPlan, *, bundl
             "add the proxy's CA to ca_bundle instead"
         )
     if not profile.ca_bundle:
-        return
+        return None
     files = [
         (
             expand_path(e.raw, e.base_dir, environ, f"{e.origin}, key 'ca_bundle'"),
@@ -321,7 +332,7 @@ def _trust(profile: Profile, environ: Mapping[str, str], plan: EnvPlan, *, bundl
         for e in profile.ca_bundle
     ]
     if not bundles:
-        return
+        return None
     from kai_launch.trust import build_bundles
 
     _check_sidecar_ca(profile, files, environ)
@@ -331,6 +342,49 @@ def _trust(profile: Profile, environ: Mapping[str, str], plan: EnvPlan, *, bundl
         plan.set(name, made.merged, origin)
     for name in OWN_CA_VARIABLES:
         plan.set(name, made.own, origin)
+    return made
+
+
+def _jvm(profile: Profile, environ: Mapping[str, str], plan: EnvPlan, made: Bundles | None) -> None:
+    """`jvm = true`: the plan's proxies, NO_PROXY and CA bundle as -D options, appended to
+    JAVA_TOOL_OPTIONS and MAVEN_OPTS (kai_launch/jvm.py)."""
+    from kai_launch import jvm
+
+    def planned(names: tuple[str, ...]) -> str:
+        # The lower-case spelling first, as curl and requests read it.
+        found = [plan.assign[n].value for n in reversed(names) if n in plan.assign]
+        return next((v for v in found if v), "")
+
+    truststore = None
+    if made is not None:
+        from kai_launch.trust import build_truststore
+
+        truststore = build_truststore(made)
+    options = jvm.jvm_options(
+        {field: planned(names) for field, names in PROXY_VARIABLES},
+        planned(NO_PROXY_VARIABLES),
+        truststore,
+    )
+    plan.warnings.extend(options.warnings)
+    if profile.insecure:
+        plan.warnings.append(
+            "insecure = true does not reach the JVM: it still verifies TLS (add the proxy's CA "
+            "to ca_bundle: the JVM then trusts it through the truststore)"
+        )
+    origin = f"jvm = true, {profile.origins.get('jvm', profile.path)}"
+    for name in jvm.JVM_VARIABLES:
+        current = plan.assign.get(name)
+        secret = False
+        if current is not None:
+            base, secret, via = current.value, current.secret, f"{origin} + {current.origin}"
+        elif plan.clean_env or name in plan.removals:
+            base, via = "", origin
+        else:
+            base = environ.get(name, "")
+            via = f"{origin} + parent environment" if base else origin
+        value, warnings = jvm.append_options(name, base, options)
+        plan.warnings.extend(warnings)
+        plan.set(name, value, via, secret=secret)
 
 
 def _check_sidecar_ca(

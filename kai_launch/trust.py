@@ -5,6 +5,8 @@ pointing them at the corporate root alone breaks every public endpoint. kai-run 
 merged bundle (`append`: certifi's roots + the profile's CAs; `replace`: the profile's CAs only) into
 the user cache dir, named by a hash of its content, so it is written once and reused.
 NODE_EXTRA_CA_CERTS is different: Node adds it to its own roots, so it gets the profile's CAs only.
+The JVM reads no PEM: for it the merged bundle is also written as a PKCS12 truststore (pkcs12.py),
+next to the PEM and named after it, so it too is built once per bundle content.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ _END = "-----END CERTIFICATE-----"
 class Bundles:
     """The files the child's CA variables point at."""
 
-    __slots__ = ("merged", "own", "sources")
+    __slots__ = ("merged", "merged_text", "own", "sources")
 
-    def __init__(self, merged: str, own: str, sources: list[str]) -> None:
+    def __init__(self, merged: str, own: str, sources: list[str], merged_text: str = "") -> None:
         self.merged = merged  # certifi + profile CAs (append) or profile CAs (replace)
         self.own = own  # the profile's CAs only, for NODE_EXTRA_CA_CERTS
         self.sources = sources
+        self.merged_text = merged_text  # the merged bundle's content, for the truststore
 
 
 def pem_certificates(path: str, where: str) -> list[str]:
@@ -102,7 +105,54 @@ def build_bundles(files: list[tuple[str, str]], mode: str) -> Bundles:
         with open(root, encoding="latin-1") as f:
             public = f.read()
         merged = f"# kai-run: public roots from {root}\n{public.rstrip()}\n{own}"
-    return Bundles(_store(merged), _store(own), [p for p, _ in files])
+    return Bundles(_store(merged), _store(own), [p for p, _ in files], merged)
+
+
+def build_truststore(bundles: Bundles) -> str:
+    """The PKCS12 truststore holding the merged bundle's certificates: `<hash>.p12` beside it.
+
+    Its name is derived from the PEM's (itself a hash of the content) and the file format's
+    version, so an existing file is reused without reading the certificates again.
+    """
+    import hashlib
+
+    from kai_launch import pkcs12
+
+    pem_name = os.path.basename(bundles.merged)
+    key = f"kai-run pkcs12 v1\0{pkcs12.TRUSTSTORE_PASSWORD}\0{pem_name}".encode()
+    directory = os.path.dirname(bundles.merged)
+    target = os.path.join(directory, hashlib.sha256(key).hexdigest()[:32] + ".p12")
+    if os.path.isfile(target):
+        return target
+    data = pkcs12.truststore(pkcs12.pem_to_der(bundles.merged_text))
+    try:
+        _write_private(target, data)
+    except OSError as e:
+        raise TrustError(
+            f"cannot write the JVM truststore: {e.strerror}",
+            directory,
+            "check that the cache dir is writable",
+        ) from None
+    return target
+
+
+def _write_private(target: str, data: bytes) -> None:
+    """Write `target` (0600) atomically: a temp file, fsync, then rename over."""
+    os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+    tmp = f"{target}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        import contextlib
+
+        with contextlib.suppress(OSError):  # the original error is the one worth reporting
+            os.unlink(tmp)
+        raise
 
 
 def _store(content: str) -> str:
