@@ -105,7 +105,8 @@ def jvm_options(
         source = field if proxies.get(field) else "all_proxy"
         parsed, _ = parse_proxy_url(url, source)
         if parsed.scheme.startswith("socks"):
-            socks.append((url, source))
+            # https:// traffic is most of it: its proxy wins when Java can have only one.
+            socks.insert(len(socks) if prefix == "http" else 0, (url, source))
             continue
         if parsed.scheme == "https":
             out.warnings.append(
