@@ -355,6 +355,12 @@ def _jvm(profile: Profile, environ: Mapping[str, str], plan: EnvPlan, made: Bund
         found = [plan.assign[n].value for n in reversed(names) if n in plan.assign]
         return next((v for v in found if v), "")
 
+    def origin_of(names: tuple[str, ...]) -> str:
+        # A URL that is not a proxy URL can only come from the profile's `env` (the proxy keys
+        # are checked when they are read): name that key.
+        name = next((n for n in reversed(names) if n in plan.assign and plan.assign[n].value), "")
+        return f"{plan.assign[name].origin}, key 'env.{name}'" if name else ""
+
     truststore = None
     if made is not None:
         from kai_launch.trust import build_truststore
@@ -364,6 +370,7 @@ def _jvm(profile: Profile, environ: Mapping[str, str], plan: EnvPlan, made: Bund
         {field: planned(names) for field, names in PROXY_VARIABLES},
         planned(NO_PROXY_VARIABLES),
         truststore,
+        origins={field: origin_of(names) for field, names in PROXY_VARIABLES},
     )
     plan.warnings.extend(options.warnings)
     if profile.insecure:

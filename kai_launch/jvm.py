@@ -90,9 +90,12 @@ def jvm_options(
     no_proxy: str,
     truststore: str | None,
     truststore_password: str | None = None,
+    *,
+    origins: Mapping[str, str] | None = None,
 ) -> JvmOptions:
     """Options for the resolved proxy URLs (`http_proxy`, `https_proxy`, `all_proxy`: credentials
-    inside, percent-encoded), the final NO_PROXY value and the PKCS12 truststore's path."""
+    inside, percent-encoded), the final NO_PROXY value and the PKCS12 truststore's path.
+    `origins` names where each URL came from, for the error about one that is not a proxy URL."""
     out = JvmOptions()
     fallback = proxies.get("all_proxy") or None
     socks: list[tuple[str, str]] = []  # (url, which setting it came from)
@@ -103,7 +106,7 @@ def jvm_options(
         if not url:
             continue
         source = field if proxies.get(field) else "all_proxy"
-        parsed, _ = parse_proxy_url(url, source)
+        parsed, _ = parse_proxy_url(url, (origins or {}).get(source) or source)
         if parsed.scheme.startswith("socks"):
             # https:// traffic is most of it: its proxy wins when Java can have only one.
             socks.insert(len(socks) if prefix == "http" else 0, (url, source))
@@ -126,7 +129,7 @@ def jvm_options(
     if socks:
         has_proxy = True
         url, source = socks[0]
-        parsed, _ = parse_proxy_url(url, source)
+        parsed, _ = parse_proxy_url(url, source)  # checked above
         for other, other_source in socks[1:]:
             o, _ = parse_proxy_url(other, other_source)
             if (o.host, o.effective_port) != (parsed.host, parsed.effective_port):

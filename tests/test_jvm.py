@@ -105,8 +105,8 @@ def test_cidr_warning_names_every_dropped_range() -> None:
 def java_matches(host: str, non_proxy_hosts: str) -> bool:
     """sun.net.spi.DefaultProxySelector's reading of http.nonProxyHosts (case-insensitive, `*` at
     either end only), for the unit tests; the JDK itself answers in the Java tests below."""
-    for entry in non_proxy_hosts.split("|"):
-        entry = entry.strip().lower()
+    for raw in non_proxy_hosts.split("|"):
+        entry = raw.strip().lower()
         if not entry:
             continue
         if entry == "*":
@@ -244,7 +244,7 @@ def test_quoted_option_is_one_word_for_the_jvm(value: str) -> None:
 def test_quoting_only_when_needed() -> None:
     assert jvm.quote_java_option("-Dx=a|b*") == "-Dx=a|b*"
     assert jvm.quote_java_option("-Dx=a b") == '"-Dx=a b"'
-    assert jvm.quote_java_option('-Dx=a"b') == "\"-Dx=a\"'\"'\"b\""
+    assert jvm.quote_java_option('-Dx=a"b') == '"-Dx=a"\'"\'"b"'
 
 
 def test_maven_words() -> None:
@@ -290,7 +290,7 @@ def test_maven_opts_leaves_out_what_mvn_would_split() -> None:
 
 @pytest.mark.parametrize("name", jvm.JVM_VARIABLES)
 def test_assignment_masks_passwords(name: str) -> None:
-    value = "-Xmx1g \"-Dhttp.proxyPassword=a b\" -Dhttps.proxyPassword=s3 -Djava.net.socks.password=x -Dhttp.proxyUser=jdoe -Dother.secretKey=k"
+    value = '-Xmx1g "-Dhttp.proxyPassword=a b" -Dhttps.proxyPassword=s3 -Djava.net.socks.password=x -Dhttp.proxyUser=jdoe -Dother.secretKey=k'
     if name == jvm.MAVEN_OPTS:
         value = value.replace('"-Dhttp.proxyPassword=a b"', "-Dhttp.proxyPassword=ab")
     shown = Assignment(name, value, "test").shown()
@@ -425,9 +425,7 @@ def test_profiles_show_masks_and_reveal_shows(write_profiles) -> None:
 def test_truststore_in_the_options(write_profiles, tmp_path: Path) -> None:
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(tmp_path / "corp.pem"))
-    path = write_profiles(
-        '[profiles.x]\njvm = true\nca_bundle = "corp.pem"\nca_mode = "replace"\n'
-    )
+    path = write_profiles('[profiles.x]\njvm = true\nca_bundle = "corp.pem"\nca_mode = "replace"\n')
     got, _ = env_json("-c", str(path), "env", "-p", "x")
     java = props(got["JAVA_TOOL_OPTIONS"])
     store = java["javax.net.ssl.trustStore"]
@@ -460,7 +458,7 @@ def maven(path: Path, profile: str, env: dict[str, str] | None = None) -> tuple[
 
 def test_maven_settings(write_profiles) -> None:
     path = write_profiles(PROFILES)
-    text, root = maven(path, "off", {"CORP_PW": 'p<&>"\'w'})  # works without jvm = true too
+    text, root = maven(path, "off", {"CORP_PW": "p<&>\"'w"})  # works without jvm = true too
     assert root.tag == "proxies"
     proxies = {p.findtext("id"): p for p in root.findall("proxy")}
     assert set(proxies) == {"kai-run-off-http", "kai-run-off-https"}
@@ -471,7 +469,7 @@ def test_maven_settings(write_profiles) -> None:
     assert https.findtext("port") == "3128"
     assert proxies["kai-run-off-http"].findtext("port") == "3129"
     assert https.findtext("username") == "jdoe"
-    assert https.findtext("password") == 'p<&>"\'w'
+    assert https.findtext("password") == "p<&>\"'w"
     assert https.findtext("nonProxyHosts") == (
         "corp.example|*.corp.example|localhost|*.localhost|127.0.0.1|[::1]"
     )
@@ -876,3 +874,36 @@ def test_java_basic_auth_over_connect(
         assert run.returncode == 2, run
         assert "407" in run.stdout, run
         assert len(routed_upstream.requests) == 2
+
+
+def test_exec_path_with_jvm_imports_nothing_heavy(write_profiles, tmp_path: Path) -> None:
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "corp.pem"))
+    path = write_profiles(
+        '[profiles.x]\njvm = true\nca_bundle = "corp.pem"\nhttps_proxy = "http://u:p@127.0.0.1:1"\n'
+    )
+    child = [sys.executable, "-c", "import os; print(os.environ['JAVA_TOOL_OPTIONS'])"]
+    argv = [sys.executable, "-X", "importtime", "-m", "kai_launch", "-c", str(path), "-p", "x"]
+    for _ in ("cache miss", "cache hit"):
+        proc = subprocess.run(
+            [*argv, "--", *child],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "-Djavax.net.ssl.trustStore=" in proc.stdout
+        imported = {
+            line.rsplit("|", 1)[1].strip().split(".")[0]
+            for line in proc.stderr.splitlines()
+            if line.startswith("import time:") and "|" in line
+        }
+        for heavy in ("typer", "rich", "requests", "tomlkit", "cryptography", "click"):
+            assert heavy not in imported, heavy
+
+
+def test_a_bad_proxy_url_from_env_names_its_key(write_profiles) -> None:
+    path = write_profiles('[profiles.x]\njvm = true\nenv = { https_proxy = "proxy:3128" }\n')
+    result = invoke("-c", str(path), "env", "-p", "x")
+    assert result.exit_code == 2
+    assert "has no scheme" in result.stderr
+    assert "profile 'x'" in result.stderr and "key 'env.https_proxy'" in result.stderr
