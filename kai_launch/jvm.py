@@ -66,6 +66,11 @@ TRUST_KEYS = (
 )
 _WHITESPACE = " \t\n\v\f\r"  # C isspace(), what the JVM splits JAVA_TOOL_OPTIONS on
 _SECRET_WORDS = ("password", "secret", "token")
+_USER_KEYS = {
+    "http.proxyUser": "http.proxyPassword",
+    "https.proxyUser": "https.proxyPassword",
+    "java.net.socks.username": "java.net.socks.password",
+}
 
 
 class JvmOptions:
@@ -358,13 +363,17 @@ def append_options(name: str, base: str, jvm: JvmOptions) -> tuple[str, list[str
 
 def mask_options(name: str, value: str) -> str:
     """JAVA_TOOL_OPTIONS or MAVEN_OPTS as humans may see it: `-Dhttp.proxyPassword=***`, and the
-    same for any property whose name says password, secret or token."""
+    same for any property whose name says password, secret or token. A proxy user name without
+    a password is hidden too: alone, it is usually a token (as `redact_url` reads `http://T@host`)."""
     split = split_java_options if name == JAVA_TOOL_OPTIONS else split_maven_opts
+    words = split(value)
+    keys = {_key_of(option) for _, _, option in words}
+    lone_users = {user for user, pw in _USER_KEYS.items() if pw not in keys}
     out: list[str] = []
     last = 0
-    for start, end, option in split(value):
+    for start, end, option in words:
         key = _key_of(option)
-        if key is not None and any(w in key.lower() for w in _SECRET_WORDS):
+        if key is not None and (key in lone_users or any(w in key.lower() for w in _SECRET_WORDS)):
             out.append(value[last:start] + f"-D{key}=***")
         else:
             out.append(value[last:end])

@@ -907,3 +907,11 @@ def test_a_bad_proxy_url_from_env_names_its_key(write_profiles) -> None:
     assert result.exit_code == 2
     assert "has no scheme" in result.stderr
     assert "profile 'x'" in result.stderr and "key 'env.https_proxy'" in result.stderr
+
+
+def test_a_lone_proxy_user_is_a_token_and_hidden() -> None:
+    options = jvm.jvm_options({"https_proxy": "http://tok3n@p:1"}, "", None)
+    value, _ = jvm.append_options(jvm.JAVA_TOOL_OPTIONS, "", options)
+    assert "-Dhttps.proxyUser=tok3n" in value
+    shown = Assignment(jvm.JAVA_TOOL_OPTIONS, value, "t").shown()
+    assert "tok3n" not in shown and "-Dhttps.proxyUser=***" in shown
