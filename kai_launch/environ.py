@@ -391,7 +391,11 @@ def _jvm(profile: Profile, environ: Mapping[str, str], plan: EnvPlan, made: Bund
             via = f"{origin} + parent environment" if base else origin
         value, warnings = jvm.append_options(name, base, options)
         plan.warnings.extend(warnings)
-        plan.set(name, value, via, secret=secret)
+        if value:
+            plan.set(name, value, via, secret=secret)
+        elif base or name in environ:
+            # Even an empty JAVA_TOOL_OPTIONS makes every JVM print "Picked up ...".
+            plan.remove(name, f"{origin}: no options left")
 
 
 def _check_sidecar_ca(

@@ -915,3 +915,40 @@ def test_a_lone_proxy_user_is_a_token_and_hidden() -> None:
     assert "-Dhttps.proxyUser=tok3n" in value
     shown = Assignment(jvm.JAVA_TOOL_OPTIONS, value, "t").shown()
     assert "tok3n" not in shown and "-Dhttps.proxyUser=***" in shown
+
+
+@needs_java
+def test_the_jdk_uses_the_socks_proxy_where_no_http_proxy_applies(
+    kai_run, write_profiles, tmp_path
+) -> None:
+    path = write_profiles(
+        """
+        [profiles.s]
+        jvm = true
+        http_proxy = "http://127.0.0.1:3128"
+        all_proxy = "socks5h://127.0.0.1:1080"
+        no_proxy = ["corp.example"]
+        """
+    )
+    urls = {
+        "http://example.org/": "HTTP",
+        "https://example.org/": "SOCKS",
+        "socket://db.example.org:5432": "SOCKS",
+        "https://a.corp.example/": "DIRECT",
+        "socket://db.corp.example:5432": "DIRECT",
+    }
+    source = java_file(tmp_path, SELECTOR_JAVA, "Selector")
+    run = kai_run("-c", str(path), "-p", "s", "--", *java_argv(source, *urls))
+    assert run.returncode == 0, run
+    assert dict(line.split() for line in run.stdout.splitlines()) == urls
+
+
+def test_nothing_to_add_sets_nothing(kai_run, write_profiles) -> None:
+    # An empty JAVA_TOOL_OPTIONS would still make every JVM print "Picked up JAVA_TOOL_OPTIONS: ".
+    path = write_profiles("[profiles.x]\njvm = true\n")
+    seen = child_env(kai_run, path, "-p", "x")
+    assert "JAVA_TOOL_OPTIONS" not in seen and "MAVEN_OPTS" not in seen
+    seen = child_env(kai_run, path, "-p", "x", env={"JAVA_TOOL_OPTIONS": "-Dhttp.proxyHost=old"})
+    assert "JAVA_TOOL_OPTIONS" not in seen
+    seen = child_env(kai_run, path, "-p", "x", env={"JAVA_TOOL_OPTIONS": "-Xmx1g"})
+    assert seen["JAVA_TOOL_OPTIONS"] == "-Xmx1g"
