@@ -277,19 +277,28 @@ def split_java_options(text: str) -> list[tuple[int, int, str]]:
     return out
 
 
-def split_maven_opts(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, word) for MAVEN_OPTS, split as `mvn`'s `$MAVEN_OPTS` is: at whitespace,
-    quotes kept as literal characters."""
+def split_maven_opts(text: str, *, windows: bool = os.name == "nt") -> list[tuple[int, int, str]]:
+    """(start, end, word) for MAVEN_OPTS as `mvn` splits it: at whitespace, quotes kept as
+    literal characters (POSIX `$MAVEN_OPTS`); on Windows "..." groups and the quotes go (cmd and
+    the Java launcher)."""
     out: list[tuple[int, int, str]] = []
     i, n = 0, len(text)
     while i < n:
         while i < n and text[i] in " \t\n":
             i += 1
         start = i
+        word: list[str] = []
         while i < n and text[i] not in " \t\n":
+            if windows and text[i] == '"':
+                close = text.find('"', i + 1)
+                close = n if close < 0 else close
+                word.append(text[i + 1 : close])
+                i = close + 1
+                continue
+            word.append(text[i])
             i += 1
         if i > start:
-            out.append((start, i, text[start:i]))
+            out.append((start, min(i, n), "".join(word)))
     return out
 
 
@@ -337,19 +346,25 @@ def _key_of(option: str) -> str | None:
     return option[2:].partition("=")[0]
 
 
-def append_options(name: str, base: str, jvm: JvmOptions) -> tuple[str, list[str]]:
+def append_options(
+    name: str, base: str, jvm: JvmOptions, *, windows: bool = os.name == "nt"
+) -> tuple[str, list[str]]:
     """`base` (the variable's value before kai-run) without the options kai-run owns, then
     kai-run's options; and warnings (options MAVEN_OPTS cannot carry)."""
     owned = set(jvm.owned)
-    split = split_java_options if name == JAVA_TOOL_OPTIONS else split_maven_opts
-    kept = [base[s:e] for s, e, option in split(base) if _key_of(option) not in owned]
+    words = (
+        split_java_options(base)
+        if name == JAVA_TOOL_OPTIONS
+        else split_maven_opts(base, windows=windows)
+    )
+    kept = [base[s:e] for s, e, option in words if _key_of(option) not in owned]
     warnings: list[str] = []
     for key, value in jvm.options:
         option = f"-D{key}={value}"
         if name == JAVA_TOOL_OPTIONS:
             kept.append(quote_java_option(option))
             continue
-        word = maven_word(option)
+        word = maven_word(option, windows=windows)
         if word is None:
             warnings.append(
                 f"{MAVEN_OPTS} leaves out -D{key}: its value holds whitespace (or a quote), which "

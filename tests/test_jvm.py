@@ -952,3 +952,25 @@ def test_nothing_to_add_sets_nothing(kai_run, write_profiles) -> None:
     assert "JAVA_TOOL_OPTIONS" not in seen
     seen = child_env(kai_run, path, "-p", "x", env={"JAVA_TOOL_OPTIONS": "-Xmx1g"})
     assert seen["JAVA_TOOL_OPTIONS"] == "-Xmx1g"
+
+
+def test_maven_settings_from_the_installed_cli(kai_run, write_profiles) -> None:
+    path = write_profiles('[profiles.m]\nall_proxy = "http://u:p%26w@127.0.0.1:3128"\n')
+    run = kai_run("-c", str(path), "env", "-p", "m", "--format", "maven-settings")
+    assert run.returncode == 0, run
+    root = ET.fromstring(run.stdout)
+    assert [p.findtext("protocol") for p in root.findall("proxy")] == ["http", "https"]
+    assert {p.findtext("password") for p in root.findall("proxy")} == {"p&w"}
+    assert "&amp;" in run.stdout
+
+
+def test_maven_opts_on_windows_quotes_and_stays_idempotent() -> None:
+    options = jvm.jvm_options({"https_proxy": "http://u:p%20w@h:1"}, "a.example", None)
+    value, warnings = jvm.append_options(jvm.MAVEN_OPTS, "-Xmx1g", options, windows=True)
+    assert warnings == []
+    assert '"-Dhttps.proxyPassword=p w"' in value
+    assert '"-Dhttp.nonProxyHosts=a.example|*.a.example"' in value  # cmd would pipe a bare |
+    words = [w for _, _, w in jvm.split_maven_opts(value, windows=True)]
+    assert "-Dhttps.proxyPassword=p w" in words
+    again, _ = jvm.append_options(jvm.MAVEN_OPTS, value, options, windows=True)
+    assert again == value
