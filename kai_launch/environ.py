@@ -396,6 +396,21 @@ def _jvm(profile: Profile, environ: Mapping[str, str], plan: EnvPlan, made: Bund
         elif base or name in environ:
             # Even an empty JAVA_TOOL_OPTIONS makes every JVM print "Picked up ...".
             plan.remove(name, f"{origin}: no options left")
+    for name in jvm.OVERRIDING_VARIABLES:
+        current = plan.assign.get(name)
+        if current is not None:
+            text = current.value
+        elif plan.clean_env or name in plan.removals:
+            continue
+        else:
+            text = environ.get(name, "")
+        clash = jvm.owned_keys_in(text, options)
+        if clash:
+            plan.warnings.append(
+                f"{name} sets {', '.join(clash)}, and the JVM reads it after JAVA_TOOL_OPTIONS: "
+                f"it overrides kai-run's options; remove them there, or add {name} to the "
+                "profile's unset list"
+            )
 
 
 def _check_sidecar_ca(

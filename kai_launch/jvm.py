@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 JAVA_TOOL_OPTIONS = "JAVA_TOOL_OPTIONS"
 MAVEN_OPTS = "MAVEN_OPTS"
 JVM_VARIABLES = (JAVA_TOOL_OPTIONS, MAVEN_OPTS)
+# Read by the JVM (`_JAVA_OPTIONS`) or the `java` launcher (`JDK_JAVA_OPTIONS`, JDK 9+) after
+# JAVA_TOOL_OPTIONS: a -D there wins over kai-run's.
+OVERRIDING_VARIABLES = ("JDK_JAVA_OPTIONS", "_JAVA_OPTIONS")
 
 # Every property kai-run may set for the proxies: all are removed from the base value, so that a
 # proxy (or a password) from an outer profile cannot survive into one that has none.
@@ -374,6 +377,14 @@ def append_options(
             continue
         kept.append(word)
     return " ".join(kept), warnings
+
+
+def owned_keys_in(text: str, jvm: JvmOptions) -> list[str]:
+    """The properties kai-run sets (this time) that `text` (JDK_JAVA_OPTIONS, _JAVA_OPTIONS) sets
+    as well, each once."""
+    ours = {key for key, _ in jvm.options}
+    found = (_key_of(option) for _, _, option in split_java_options(text))
+    return list(dict.fromkeys(k for k in found if k in ours))
 
 
 def mask_options(name: str, value: str) -> str:

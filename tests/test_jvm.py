@@ -974,3 +974,27 @@ def test_maven_opts_on_windows_quotes_and_stays_idempotent() -> None:
     assert "-Dhttps.proxyPassword=p w" in words
     again, _ = jvm.append_options(jvm.MAVEN_OPTS, value, options, windows=True)
     assert again == value
+
+
+@pytest.mark.parametrize("name", ["_JAVA_OPTIONS", "JDK_JAVA_OPTIONS"])
+def test_a_later_jvm_variable_overriding_ours_is_warned_about(write_profiles, name: str) -> None:
+    path = write_profiles('[profiles.x]\njvm = true\nhttps_proxy = "http://p:1"\n')
+    env = {name: "-Xmx1g -Dhttps.proxyHost=elsewhere -Dhttps.proxyPort=9 -Dmine=1"}
+    result = invoke("-c", str(path), "env", "-p", "x", env=env)
+    assert result.exit_code == 0
+    assert f"{name} sets https.proxyHost, https.proxyPort" in result.stderr
+    assert "elsewhere" not in result.stderr
+    quiet = invoke("-c", str(path), "env", "-p", "x", env={name: "-Xmx1g"})
+    assert name not in quiet.stderr
+
+
+@needs_java
+def test_jdk_java_options_really_wins(kai_run, write_profiles, tmp_path) -> None:
+    """Why the warning above exists: the launcher reads JDK_JAVA_OPTIONS after JAVA_TOOL_OPTIONS."""
+    path = write_profiles('[profiles.x]\njvm = true\nhttps_proxy = "http://127.0.0.1:3128"\n')
+    source = java_file(tmp_path, PROPS_JAVA, "Props")
+    env = {"JDK_JAVA_OPTIONS": "-Dhttps.proxyHost=elsewhere"}
+    run = kai_run("-c", str(path), "-p", "x", "--", *java_argv(source, "https.proxyHost"), env=env)
+    assert run.returncode == 0, run
+    assert run.stdout.strip() == "https.proxyHost=elsewhere"
+    assert "JDK_JAVA_OPTIONS sets https.proxyHost" in run.stderr
