@@ -998,3 +998,56 @@ def test_jdk_java_options_really_wins(kai_run, write_profiles, tmp_path) -> None
     assert run.returncode == 0, run
     assert run.stdout.strip() == "https.proxyHost=elsewhere"
     assert "JDK_JAVA_OPTIONS sets https.proxyHost" in run.stderr
+
+
+# --- doctor ----------------------------------------------------------------------------------
+
+
+def doctor_rows(path: Path, profile: str, env: dict[str, str] | None = None):
+    result = invoke("doctor", "-c", str(path), "-p", profile, "--timeout", "2", "--json", env=env)
+    assert result.exit_code in (0, 1), result.output
+    return {r["check"]: r for r in json.loads(result.stdout)}, result.output
+
+
+def test_doctor_jvm_checks(write_profiles, tmp_path: Path) -> None:
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "corp.pem"))
+    path = write_profiles(
+        """
+        [profiles.j]
+        jvm = true
+        https_proxy = "http://jdoe:hunter2@127.0.0.1:9"
+        no_proxy = ["corp.example", "10.0.0.0/8"]
+        ca_bundle = "corp.pem"
+        [profiles.plain]
+        https_proxy = "http://127.0.0.1:9"
+        """
+    )
+    rows, output = doctor_rows(path, "j")
+    assert "hunter2" not in output
+    options = rows["jvm.options"]
+    assert options["status"] == "warn"
+    assert "https via 127.0.0.1:9" in options["message"]
+    assert "10.0.0.0/8" in options["message"] and options["hint"]
+    store = rows["jvm.truststore"]
+    assert store["status"] == "ok", store
+    assert "(the profile's 1 CA among them)" in store["message"]
+    assert store["target"].endswith(".p12")
+
+    # A damaged file is reused as it is (content-addressed): doctor says what to do.
+    Path(store["target"]).write_bytes(b"not a keystore")
+    rows, _ = doctor_rows(path, "j")
+    assert rows["jvm.truststore"]["status"] == "fail"
+    assert "delete the file" in rows["jvm.truststore"]["hint"]
+
+    rows, _ = doctor_rows(path, "plain")
+    assert not [c for c in rows if c.startswith("jvm.")]
+
+
+def test_doctor_jvm_options_ok_and_overrides(write_profiles) -> None:
+    path = write_profiles('[profiles.j]\njvm = true\nhttps_proxy = "http://127.0.0.1:9"\n')
+    rows, _ = doctor_rows(path, "j")
+    assert rows["jvm.options"]["status"] == "ok", rows["jvm.options"]
+    assert "jvm.truststore" not in rows  # no ca_bundle
+    rows, _ = doctor_rows(path, "j", env={"_JAVA_OPTIONS": "-Dhttps.proxyHost=x"})
+    assert rows["jvm.options"]["status"] == "warn"
+    assert "_JAVA_OPTIONS sets https.proxyHost" in rows["jvm.options"]["message"]
