@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
     from kai_launch.profiles import Profile
-    from kai_launch.trust import Bundles
 
 # Profile setting -> the variables it sets. Both spellings always get the same value (or are both
 # removed), so no client can read a stale upper- or lower-case variable left in the parent.
@@ -190,7 +189,7 @@ def build_plan(
         plan.remove(name, f"unset in {origin}")
 
     _proxies(profile, environ, plan, secret)
-    made = _trust(profile, environ, plan, bundles=bundles)
+    _trust(profile, environ, plan, bundles=bundles)
 
     for name, value in profile.env.items():
         origin = profile.origins.get(f"env.{name}", profile.path)
@@ -204,7 +203,9 @@ def build_plan(
         else:
             plan.set(name, expand_vars(value, environ, f"{origin}, key 'env.{name}'"), origin)
     if profile.jvm:
-        _jvm(profile, environ, plan, made)
+        from kai_launch.jvm import apply_jvm  # reads the plan's proxies, NO_PROXY and CA bundle
+
+        apply_jvm(profile, environ, plan)
 
     nested = environ.get(PROFILE_ENV)
     plan.set(PROFILE_ENV, profile.name, "kai-run")
@@ -310,9 +311,7 @@ def _proxy(
     return parsed.unparse()
 
 
-def _trust(
-    profile: Profile, environ: Mapping[str, str], plan: EnvPlan, *, bundles: bool
-) -> Bundles | None:
+def _trust(profile: Profile, environ: Mapping[str, str], plan: EnvPlan, *, bundles: bool) -> None:
     if profile.insecure:
         origin = profile.origins.get("insecure", profile.path)
         for name, value in INSECURE_VARIABLES:
@@ -323,7 +322,7 @@ def _trust(
             "add the proxy's CA to ca_bundle instead"
         )
     if not profile.ca_bundle:
-        return None
+        return
     files = [
         (
             expand_path(e.raw, e.base_dir, environ, f"{e.origin}, key 'ca_bundle'"),
@@ -332,7 +331,7 @@ def _trust(
         for e in profile.ca_bundle
     ]
     if not bundles:
-        return None
+        return
     from kai_launch.trust import build_bundles
 
     _check_sidecar_ca(profile, files, environ)
@@ -342,75 +341,6 @@ def _trust(
         plan.set(name, made.merged, origin)
     for name in OWN_CA_VARIABLES:
         plan.set(name, made.own, origin)
-    return made
-
-
-def _jvm(profile: Profile, environ: Mapping[str, str], plan: EnvPlan, made: Bundles | None) -> None:
-    """`jvm = true`: the plan's proxies, NO_PROXY and CA bundle as -D options, appended to
-    JAVA_TOOL_OPTIONS and MAVEN_OPTS (kai_launch/jvm.py)."""
-    from kai_launch import jvm
-
-    def planned(names: tuple[str, ...]) -> str:
-        # The lower-case spelling first, as curl and requests read it.
-        found = [plan.assign[n].value for n in reversed(names) if n in plan.assign]
-        return next((v for v in found if v), "")
-
-    def origin_of(names: tuple[str, ...]) -> str:
-        # A URL that is not a proxy URL can only come from the profile's `env` (the proxy keys
-        # are checked when they are read): name that key.
-        name = next((n for n in reversed(names) if n in plan.assign and plan.assign[n].value), "")
-        return f"{plan.assign[name].origin}, key 'env.{name}'" if name else ""
-
-    truststore = None
-    if made is not None:
-        from kai_launch.trust import build_truststore
-
-        truststore = build_truststore(made)
-    options = jvm.jvm_options(
-        {field: planned(names) for field, names in PROXY_VARIABLES},
-        planned(NO_PROXY_VARIABLES),
-        truststore,
-        origins={field: origin_of(names) for field, names in PROXY_VARIABLES},
-    )
-    plan.warnings.extend(options.warnings)
-    if profile.insecure:
-        plan.warnings.append(
-            "insecure = true does not reach the JVM: it still verifies TLS (add the proxy's CA "
-            "to ca_bundle: the JVM then trusts it through the truststore)"
-        )
-    origin = f"jvm = true, {profile.origins.get('jvm', profile.path)}"
-    for name in jvm.JVM_VARIABLES:
-        current = plan.assign.get(name)
-        secret = False
-        if current is not None:
-            base, secret, via = current.value, current.secret, f"{origin} + {current.origin}"
-        elif plan.clean_env or name in plan.removals:
-            base, via = "", origin
-        else:
-            base = environ.get(name, "")
-            via = f"{origin} + parent environment" if base else origin
-        value, warnings = jvm.append_options(name, base, options)
-        plan.warnings.extend(warnings)
-        if value:
-            plan.set(name, value, via, secret=secret)
-        elif base or name in environ:
-            # Even an empty JAVA_TOOL_OPTIONS makes every JVM print "Picked up ...".
-            plan.remove(name, f"{origin}: no options left")
-    for name in jvm.OVERRIDING_VARIABLES:
-        current = plan.assign.get(name)
-        if current is not None:
-            text = current.value
-        elif plan.clean_env or name in plan.removals:
-            continue
-        else:
-            text = environ.get(name, "")
-        clash = jvm.owned_keys_in(text, options)
-        if clash:
-            plan.warnings.append(
-                f"{name} sets {', '.join(clash)}, and the JVM reads it after JAVA_TOOL_OPTIONS: "
-                f"it overrides kai-run's options; remove them there, or add {name} to the "
-                "profile's unset list"
-            )
 
 
 def _check_sidecar_ca(

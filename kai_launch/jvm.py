@@ -34,6 +34,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from kai_launch.environ import EnvPlan
+    from kai_launch.profiles import Profile
+
 JAVA_TOOL_OPTIONS = "JAVA_TOOL_OPTIONS"
 MAVEN_OPTS = "MAVEN_OPTS"
 JVM_VARIABLES = (JAVA_TOOL_OPTIONS, MAVEN_OPTS)
@@ -406,6 +409,80 @@ def mask_options(name: str, value: str) -> str:
         last = end
     out.append(value[last:])
     return "".join(out)
+
+
+# --- into the plan (called by environ.build_plan) ------------------------------------------
+
+
+def apply_jvm(profile: Profile, environ: Mapping[str, str], plan: EnvPlan) -> None:
+    """`jvm = true`: the plan's resolved proxies, NO_PROXY and merged CA bundle as -D options,
+    appended to JAVA_TOOL_OPTIONS and MAVEN_OPTS. Runs after the profile's `env` is in the plan
+    and before `--set`/`--unset`, which replace or remove the whole variable."""
+    from kai_launch.environ import NO_PROXY_VARIABLES, PROXY_VARIABLES
+
+    def planned(names: tuple[str, ...]) -> str:
+        # The lower-case spelling first, as curl and requests read it.
+        found = [plan.assign[n].value for n in reversed(names) if n in plan.assign]
+        return next((v for v in found if v), "")
+
+    def origin_of(names: tuple[str, ...]) -> str:
+        # A URL that is not a proxy URL can only come from the profile's `env` (the proxy keys
+        # are checked when they are read): name that key.
+        name = next((n for n in reversed(names) if n in plan.assign and plan.assign[n].value), "")
+        return f"{plan.assign[name].origin}, key 'env.{name}'" if name else ""
+
+    truststore = None
+    bundle = plan.assign.get("SSL_CERT_FILE")
+    if profile.ca_bundle and bundle is not None and bundle.value:
+        # The bundle every other client trusts (absent when bundles were not built).
+        from kai_launch.trust import build_truststore
+
+        truststore = build_truststore(bundle.value, bundle.origin)
+    options = jvm_options(
+        {field: planned(names) for field, names in PROXY_VARIABLES},
+        planned(NO_PROXY_VARIABLES),
+        truststore,
+        origins={field: origin_of(names) for field, names in PROXY_VARIABLES},
+    )
+    plan.warnings.extend(options.warnings)
+    if profile.insecure:
+        plan.warnings.append(
+            "insecure = true does not reach the JVM: it still verifies TLS (add the proxy's CA "
+            "to ca_bundle: the JVM then trusts it through the truststore)"
+        )
+    origin = f"jvm = true, {profile.origins.get('jvm', profile.path)}"
+    for name in JVM_VARIABLES:
+        current = plan.assign.get(name)
+        secret = False
+        if current is not None:
+            base, secret, via = current.value, current.secret, f"{origin} + {current.origin}"
+        elif plan.clean_env or name in plan.removals:
+            base, via = "", origin
+        else:
+            base = environ.get(name, "")
+            via = f"{origin} + parent environment" if base else origin
+        value, warnings = append_options(name, base, options)
+        plan.warnings.extend(warnings)
+        if value:
+            plan.set(name, value, via, secret=secret)
+        elif base or name in environ:
+            # Even an empty JAVA_TOOL_OPTIONS makes every JVM print "Picked up ...".
+            plan.remove(name, f"{origin}: no options left")
+    for name in OVERRIDING_VARIABLES:
+        current = plan.assign.get(name)
+        if current is not None:
+            text = current.value
+        elif plan.clean_env or name in plan.removals:
+            continue
+        else:
+            text = environ.get(name, "")
+        clash = owned_keys_in(text, options)
+        if clash:
+            plan.warnings.append(
+                f"{name} sets {', '.join(clash)}, and the JVM reads it after JAVA_TOOL_OPTIONS: "
+                f"it overrides kai-run's options; remove them there, or add {name} to the "
+                "profile's unset list"
+            )
 
 
 # --- `kai-run env --format maven-settings` -------------------------------------------------

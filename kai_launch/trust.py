@@ -6,7 +6,7 @@ merged bundle (`append`: certifi's roots + the profile's CAs; `replace`: the pro
 the user cache dir, named by a hash of its content, so it is written once and reused.
 NODE_EXTRA_CA_CERTS is different: Node adds it to its own roots, so it gets the profile's CAs only.
 The JVM reads no PEM: for it the merged bundle is also written as a PKCS12 truststore (pkcs12.py),
-next to the PEM and named after it, so it too is built once per bundle content.
+next to it, named by a hash of the bundle's content, so it too is built once per content.
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ _END = "-----END CERTIFICATE-----"
 class Bundles:
     """The files the child's CA variables point at."""
 
-    __slots__ = ("merged", "merged_text", "own", "sources")
+    __slots__ = ("merged", "own", "sources")
 
-    def __init__(self, merged: str, own: str, sources: list[str], merged_text: str = "") -> None:
+    def __init__(self, merged: str, own: str, sources: list[str]) -> None:
         self.merged = merged  # certifi + profile CAs (append) or profile CAs (replace)
         self.own = own  # the profile's CAs only, for NODE_EXTRA_CA_CERTS
         self.sources = sources
-        self.merged_text = merged_text  # the merged bundle's content, for the truststore
 
 
 def pem_certificates(path: str, where: str) -> list[str]:
@@ -105,54 +104,7 @@ def build_bundles(files: list[tuple[str, str]], mode: str) -> Bundles:
         with open(root, encoding="latin-1") as f:
             public = f.read()
         merged = f"# kai-run: public roots from {root}\n{public.rstrip()}\n{own}"
-    return Bundles(_store(merged), _store(own), [p for p, _ in files], merged)
-
-
-def build_truststore(bundles: Bundles) -> str:
-    """The PKCS12 truststore holding the merged bundle's certificates: `<hash>.p12` beside it.
-
-    Its name is derived from the PEM's (itself a hash of the content) and the file format's
-    version, so an existing file is reused without reading the certificates again.
-    """
-    import hashlib
-
-    from kai_launch import pkcs12
-
-    pem_name = os.path.basename(bundles.merged)
-    key = f"kai-run pkcs12 v1\0{pkcs12.TRUSTSTORE_PASSWORD}\0{pem_name}".encode()
-    directory = os.path.dirname(bundles.merged)
-    target = os.path.join(directory, hashlib.sha256(key).hexdigest()[:32] + ".p12")
-    if os.path.isfile(target):
-        return target
-    data = pkcs12.truststore(pkcs12.pem_to_der(bundles.merged_text))
-    try:
-        _write_private(target, data)
-    except OSError as e:
-        raise TrustError(
-            f"cannot write the JVM truststore: {e.strerror}",
-            directory,
-            "check that the cache dir is writable",
-        ) from None
-    return target
-
-
-def _write_private(target: str, data: bytes) -> None:
-    """Write `target` (0600) atomically: a temp file, fsync, then rename over."""
-    os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
-    tmp = f"{target}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        import contextlib
-
-        with contextlib.suppress(OSError):  # the original error is the one worth reporting
-            os.unlink(tmp)
-        raise
+    return Bundles(_store(merged), _store(own), [p for p, _ in files])
 
 
 def _store(content: str) -> str:
@@ -179,3 +131,52 @@ def _store(content: str) -> str:
             "check that the cache dir is writable",
         ) from None
     return target
+
+
+def build_truststore(pem_path: str, where: str) -> str:
+    """The PKCS12 truststore holding the certificates of the PEM bundle `pem_path` (the merged
+    bundle): `<hash>.p12` in the same cache dir, the hash over the bundle's content and the
+    file format's version. An existing file is reused: only a miss decodes the certificates."""
+    import hashlib
+
+    from kai_launch import pkcs12
+
+    try:
+        with open(pem_path, "rb") as f:
+            pem = f.read()
+    except OSError as e:
+        raise TrustError(f"cannot read CA bundle {pem_path}: {e.strerror}", where) from None
+    key = hashlib.sha256(f"kai-run pkcs12 v1\0{pkcs12.TRUSTSTORE_PASSWORD}\0".encode() + pem)
+    directory = os.path.join(paths.user_cache_dir(), "ca")
+    target = os.path.join(directory, key.hexdigest()[:32] + ".p12")
+    if os.path.isfile(target):
+        return target
+    data = pkcs12.truststore(pkcs12.pem_to_der(pem.decode("latin-1")))
+    try:
+        _write_private(target, data)
+    except OSError as e:
+        raise TrustError(
+            f"cannot write the JVM truststore: {e.strerror}",
+            directory,
+            "check that the cache dir is writable",
+        ) from None
+    return target
+
+
+def _write_private(target: str, data: bytes) -> None:
+    """Write `target` (0600, its dir 0700) atomically: a temp file, fsync, then rename over."""
+    os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+    tmp = f"{target}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        import contextlib
+
+        with contextlib.suppress(OSError):  # the original error is the one worth reporting
+            os.unlink(tmp)
+        raise

@@ -548,8 +548,8 @@ def test_keytool_lists_every_certificate_as_trusted(tmp_path: Path) -> None:
     own = trustme.CA()
     own.cert_pem.write_to_path(str(tmp_path / "corp.pem"))
     bundles = build_bundles([(str(tmp_path / "corp.pem"), "test")], "append")
-    store = build_truststore(bundles)
-    expected = len(p12.pem_to_der(bundles.merged_text))
+    store = build_truststore(bundles.merged, "test")
+    expected = len(p12.pem_to_der(Path(bundles.merged).read_text(encoding="latin-1")))
     assert expected > 100  # certifi's roots and ours
     proc = subprocess.run(
         [KEYTOOL, "-list", "-keystore", store, "-storetype", "PKCS12", "-storepass", "changeit"],
@@ -575,9 +575,9 @@ def test_truststore_cache_file(tmp_path: Path) -> None:
     own.cert_pem.write_to_path(str(tmp_path / "corp.pem"))
     bundles = build_bundles([(str(tmp_path / "corp.pem"), "test")], "append")
     start = time.perf_counter()
-    store = build_truststore(bundles)
+    store = build_truststore(bundles.merged, "test")
     miss = time.perf_counter() - start
-    count = len(p12.pem_to_der(bundles.merged_text))
+    count = len(p12.pem_to_der(Path(bundles.merged).read_text(encoding="latin-1")))
     print(f"truststore cache miss: {count} certificates in {miss * 1000:.1f} ms")
     assert miss < 1.0
     assert os.path.dirname(store) == os.path.dirname(bundles.merged)
@@ -586,12 +586,13 @@ def test_truststore_cache_file(tmp_path: Path) -> None:
     assert not [f for f in os.listdir(os.path.dirname(store)) if f.endswith(".tmp")]
     before = os.stat(store).st_mtime_ns
     start = time.perf_counter()
-    assert build_truststore(bundles) == store
+    assert build_truststore(bundles.merged, "test") == store
     assert time.perf_counter() - start < 0.05
     assert os.stat(store).st_mtime_ns == before  # reused, not rewritten
     other = trustme.CA()
     other.cert_pem.write_to_path(str(tmp_path / "other.pem"))
-    assert build_truststore(build_bundles([(str(tmp_path / "other.pem"), "t")], "append")) != store
+    other_bundle = build_bundles([(str(tmp_path / "other.pem"), "t")], "append").merged
+    assert build_truststore(other_bundle, "t") != store
 
 
 # --- the real JVM --------------------------------------------------------------------------------
