@@ -60,7 +60,7 @@ MAX_THREADS: Final = 256
 ALL_PROFILES: Final = "*"  # the profile name on a `config` row when no file could be read
 
 # Where a row sorts: by profile, then by this group, then by position inside the group.
-_GROUPS: Final = {"config": 0, "sidecar": 1, "env": 2, "ca": 3, "proxy": 4, "target": 5}
+_GROUPS: Final = {"config": 0, "sidecar": 1, "env": 2, "ca": 3, "proxy": 4, "target": 5, "jvm": 6}
 
 PROXY_VARS: Final = {
     "HTTP_PROXY": "http_proxy",
@@ -1462,6 +1462,11 @@ def complete(job: ProfileJob, profile: Profile, environ: Mapping[str, str]) -> N
     no_proxy = job.child.get("NO_PROXY", "")
     for i, check in enumerate(check_ca_files(profile, environ, target_urls, no_proxy)):
         job.offline.append(_stamp(check, job, i))
+    if profile.jvm and not ca_broken:
+        from kai_launch.jvmcheck import check_jvm
+
+        for i, check in enumerate(check_jvm(profile, job.child)):
+            job.offline.append(_stamp(check, job, i))
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         value = job.child.get(var)
         if value:

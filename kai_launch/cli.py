@@ -193,7 +193,11 @@ def env_command(
     fmt: Annotated[
         str,
         typer.Option(
-            "--format", "-f", metavar="FORMAT", help="sh, fish, powershell, dotenv, json or github."
+            "--format",
+            "-f",
+            metavar="FORMAT",
+            help="sh, fish, powershell, dotenv, json, github, or maven-settings (a <proxies> "
+            "block for ~/.m2/settings.xml).",
         ),
     ] = "sh",
     set_: SetOpt = None,
@@ -210,6 +214,8 @@ def env_command(
       kai-run env -p corp --format fish | source
 
       kai-run env -p corp --format github >> "$GITHUB_ENV"
+
+      kai-run env -p corp --format maven-settings
     """
     from kai_launch.exports import render_exports
 

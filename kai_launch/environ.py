@@ -63,6 +63,8 @@ CLEAN_ENV_KEEP_WINDOWS = (
 CLEAN_ENV_PREFIXES = ("LC_",)
 
 _SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "KEY")
+# -D options with proxy passwords: shown as -Dhttp.proxyPassword=*** (jvm.mask_options).
+_JVM_VARIABLES = ("JAVA_TOOL_OPTIONS", "MAVEN_OPTS")
 
 
 def looks_secret(name: str) -> bool:
@@ -87,6 +89,10 @@ class Assignment:
             return self.value
         if self.secret:
             return "***"
+        if self.name in _JVM_VARIABLES:
+            from kai_launch.jvm import mask_options
+
+            return mask_options(self.name, self.value)
         if "://" in self.value and "@" in self.value:
             return redact_url(self.value)
         return self.value
@@ -208,6 +214,10 @@ def build_plan(
             )
         else:
             plan.set(name, expand_vars(value, environ, f"{origin}, key 'env.{name}'"), origin)
+    if profile.jvm:
+        from kai_launch.jvm import apply_jvm  # reads the plan's proxies, NO_PROXY and CA bundle
+
+        apply_jvm(profile, environ, plan)
 
     nested = environ.get(PROFILE_ENV)
     plan.set(PROFILE_ENV, profile.name, "kai-run")

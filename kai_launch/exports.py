@@ -14,7 +14,7 @@ from typing import Final
 
 from kai_launch.errors import KaiRunError
 
-FORMATS: Final = ("sh", "fish", "powershell", "dotenv", "json", "github")
+FORMATS: Final = ("sh", "fish", "powershell", "dotenv", "json", "github", "maven-settings")
 
 # PowerShell's tokenizer accepts the typographic quotes as well as the apostrophe as the
 # delimiter of a verbatim string, and any of them doubled as an escaped quote; leaving one
@@ -34,6 +34,12 @@ def render_exports(assign: Sequence[tuple[str, str]], unset: Sequence[str], fmt:
     """
     if fmt == "json":
         return _render_json(assign, unset)
+    if fmt == "maven-settings":
+        # Not variables: the <proxies> block of ~/.m2/settings.xml for the proxies they name.
+        from kai_launch.jvm import maven_settings
+
+        values = dict(assign)
+        return maven_settings(values, values.get("KAI_RUN_PROFILE", "profile"))
     renderers = _LINE_RENDERERS.get(fmt)
     if renderers is None:
         raise KaiRunError(f"unknown format '{fmt}'", hint=f"one of: {', '.join(FORMATS)}")

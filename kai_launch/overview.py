@@ -133,6 +133,7 @@ def describe_profile(profile: Profile, plan: EnvPlan, *, reveal: bool) -> Profil
         "ca_mode",
         "insecure",
         "openai_proxy",
+        "jvm",
         "command",
         "check_urls",
         "unset",

@@ -49,6 +49,7 @@ class Profile:
         "http_proxy",
         "https_proxy",
         "insecure",
+        "jvm",
         "name",
         "no_proxy",
         "openai_proxy",
@@ -73,6 +74,7 @@ class Profile:
         self.ca_mode = "append"
         self.insecure = False
         self.openai_proxy: bool | str = False
+        self.jvm = False
         self.command: list[str] | None = None
         self.check_urls: list[str] = []
         self.unset: list[str] = []

@@ -75,6 +75,11 @@ PROFILE_FIELDS: tuple[Field, ...] = (
     ),
     Field("insecure", "bool", "turn TLS verification off where variables can (loud warning)"),
     Field("openai_proxy", "proxy_or_bool", "true: OPENAI_PROXY = https_proxy; or a proxy URL"),
+    Field(
+        "jvm",
+        "bool",
+        "true: proxies, NO_PROXY and a truststore as -D options in JAVA_TOOL_OPTIONS and MAVEN_OPTS",
+    ),
     Field("command", "argv", "command run when none follows `--`"),
     Field("check_urls", "url_list", "endpoints `kai-run doctor` tests"),
     Field("unset", "name_list", "variables removed from the child's environment", merge="concat"),

@@ -7,6 +7,8 @@ merged bundle (`append`: certifi's roots + the profile's CAs; `replace`: the pro
 the user cache dir, named by a hash of its content, so it is written once and reused.
 NODE_EXTRA_CA_CERTS is different: Node adds it to its own roots, so it gets the profile's CAs only
 (in `system` mode the OS roots too: see environ._trust).
+The JVM reads no PEM: for it the merged bundle is also written as a PKCS12 truststore (pkcs12.py),
+next to it, named by a hash of the bundle's content, so it too is built once per content.
 """
 
 from __future__ import annotations
@@ -166,3 +168,52 @@ def _store(content: str) -> str:
             "check that the cache dir is writable",
         ) from None
     return target
+
+
+def build_truststore(pem_path: str, where: str) -> str:
+    """The PKCS12 truststore holding the certificates of the PEM bundle `pem_path` (the merged
+    bundle): `<hash>.p12` in the same cache dir, the hash over the bundle's content and the
+    file format's version. An existing file is reused: only a miss decodes the certificates."""
+    import hashlib
+
+    from kai_launch import pkcs12
+
+    try:
+        with open(pem_path, "rb") as f:
+            pem = f.read()
+    except OSError as e:
+        raise TrustError(f"cannot read CA bundle {pem_path}: {e.strerror}", where) from None
+    key = hashlib.sha256(f"kai-run pkcs12 v1\0{pkcs12.TRUSTSTORE_PASSWORD}\0".encode() + pem)
+    directory = os.path.join(paths.user_cache_dir(), "ca")
+    target = os.path.join(directory, key.hexdigest()[:32] + ".p12")
+    if os.path.isfile(target):
+        return target
+    data = pkcs12.truststore(pkcs12.pem_to_der(pem.decode("latin-1")))
+    try:
+        _write_private(target, data)
+    except OSError as e:
+        raise TrustError(
+            f"cannot write the JVM truststore: {e.strerror}",
+            directory,
+            "check that the cache dir is writable",
+        ) from None
+    return target
+
+
+def _write_private(target: str, data: bytes) -> None:
+    """Write `target` (0600, its dir 0700) atomically: a temp file, fsync, then rename over."""
+    os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+    tmp = f"{target}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        import contextlib
+
+        with contextlib.suppress(OSError):  # the original error is the one worth reporting
+            os.unlink(tmp)
+        raise
