@@ -433,8 +433,9 @@ def apply_jvm(profile: Profile, environ: Mapping[str, str], plan: EnvPlan) -> No
 
     truststore = None
     bundle = plan.assign.get("SSL_CERT_FILE")
-    if profile.ca_bundle and bundle is not None and bundle.value:
-        # The bundle every other client trusts (absent when bundles were not built).
+    if (profile.ca_bundle or profile.ca_mode == "system") and bundle is not None and bundle.value:
+        # The bundle every other client trusts (absent when bundles were not built). In system
+        # mode it holds the roots MDM installed, which the JDK's own cacerts usually lacks.
         from kai_launch.trust import build_truststore
 
         truststore = build_truststore(bundle.value, bundle.origin)

@@ -440,6 +440,17 @@ def test_truststore_in_the_options(write_profiles, tmp_path: Path) -> None:
     assert not any(k.startswith(("http", "socks")) for k in java)
 
 
+def test_system_mode_alone_gives_the_jvm_the_os_roots(write_profiles) -> None:
+    # ca_mode = "system" without ca_bundle: the OS store (where MDM puts the corporate root) is
+    # what every other client trusts, so the JVM gets it too.
+    path = write_profiles('[profiles.x]\njvm = true\nca_mode = "system"\n')
+    got, _ = env_json("-c", str(path), "env", "-p", "x")
+    store = props(got["JAVA_TOOL_OPTIONS"])["javax.net.ssl.trustStore"]
+    loaded = pkcs12.load_pkcs12(Path(store).read_bytes(), TRUSTSTORE_PASSWORD.encode())
+    pem = Path(got["SSL_CERT_FILE"]).read_text(encoding="latin-1")
+    assert len(loaded.additional_certs) == pem.count("-----BEGIN CERTIFICATE-----") > 0
+
+
 def test_insecure_warns_that_the_jvm_still_verifies(write_profiles) -> None:
     path = write_profiles("[profiles.x]\njvm = true\ninsecure = true\n")
     result = invoke("-c", str(path), "env", "-p", "x")
