@@ -440,6 +440,8 @@ def test_truststore_in_the_options(write_profiles, tmp_path: Path) -> None:
     assert not any(k.startswith(("http", "socks")) for k in java)
 
 
+# Some distributions ship a root with a non-positive serial; cryptography only warns about it.
+@pytest.mark.filterwarnings("ignore:Parsed a serial number")
 def test_system_mode_alone_gives_the_jvm_the_os_roots(write_profiles) -> None:
     # ca_mode = "system" without ca_bundle: the OS store (where MDM puts the corporate root) is
     # what every other client trusts, so the JVM gets it too.
