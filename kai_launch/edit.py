@@ -1473,6 +1473,9 @@ def _absolute_paths(body: dict[str, Any], base_dir: str) -> dict[str, Any]:
         return os.path.normpath(os.path.join(base_dir, raw))
 
     out = dict(body)
+    pac = out.get("pac_url")
+    if isinstance(pac, str) and pac.lower().startswith("file:") and not pac[5:].startswith("/"):
+        out["pac_url"] = "file:" + fix(pac[5:])
     if "ca_bundle" in out:
         value = out["ca_bundle"]
         out["ca_bundle"] = fix(value) if isinstance(value, str) else [fix(v) for v in value]

@@ -133,6 +133,7 @@ def describe_profile(profile: Profile, plan: EnvPlan, *, reveal: bool) -> Profil
         "openai_proxy",
         "command",
         "check_urls",
+        "pac_url",
         "unset",
     )
     for key in scalar_keys:
