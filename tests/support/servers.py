@@ -781,16 +781,22 @@ class _StaticHandler(BaseHTTPRequestHandler):
 
 
 class StaticServer(_LoopbackServer):
-    """Plain HTTP on 127.0.0.1 serving fixed files (a PAC file, say); counts GETs per path.
+    """HTTP on 127.0.0.1 serving fixed files (a PAC file, say); counts GETs per path.
 
     `serve(path, body, status=200, content_type=...)` adds or replaces a file at any time;
-    anything else is a 404.
+    anything else is a 404. With `ca` (a trustme.CA) it serves HTTPS with a certificate for
+    localhost and 127.0.0.1 issued by that CA.
     """
 
     ipv6_default = False
 
-    def __init__(self) -> None:
+    def __init__(self, *, ca: trustme.CA | None = None) -> None:
         super().__init__()
+        self.ca = ca
+        self._server_ctx: ssl.SSLContext | None = None
+        if ca is not None:
+            self._server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ca.issue_cert("localhost", LOOPBACK_V4).configure_cert(self._server_ctx)
         self.files: dict[str, tuple[int, bytes, str]] = {}
         self.hits: dict[str, int] = {}
         self.headers_seen: list[tuple[tuple[str, str], ...]] = []
@@ -811,8 +817,21 @@ class StaticServer(_LoopbackServer):
         return self.url(path)
 
     def url(self, path: str) -> str:
-        return f"http://{LOOPBACK_V4}:{self.port}{path}"
+        scheme = "https" if self._server_ctx is not None else "http"
+        return f"{scheme}://{LOOPBACK_V4}:{self.port}{path}"
 
     def _handle(self, conn: socket.socket, addr: Any) -> None:
         conn.settimeout(_IDLE_TIMEOUT)
-        self._handler_cls(conn, addr, self)
+        sock: socket.socket = conn
+        if self._server_ctx is not None:
+            try:
+                sock = self._server_ctx.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):
+                return  # a client that (rightly) refused the certificate
+            self._untrack(conn)
+            self._track(sock)
+        try:
+            self._handler_cls(sock, addr, self)
+        finally:
+            self._untrack(sock)
+            _shutdown_quietly(sock)
