@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 MAX_AGE = 12 * 3600.0  # seconds a fetched PAC (and its answers) is reused without refetching
 FETCH_TIMEOUT = 10.0  # seconds for connecting, and for each read, when fetching a PAC over http(s)
+EVAL_MIN_TIMEOUT = 5.0  # seconds for the child that evaluates the PAC (it imports pypac first)
 MAX_SIZE = 1 << 20  # a PAC file is a few KiB; anything past 1 MiB is not one
 _CACHE_VERSION = 1
 _KEYWORDS = {
@@ -205,7 +206,7 @@ def for_profile(
     result = PacResult(loc)
     record = _load(loc, profile, environ, result, refresh=refresh, timeout=timeout)
     start = time.monotonic()
-    answers = _answers(record, loc, targets)
+    answers = _answers(record, loc, targets, timeout)
     result.eval_ms = (time.monotonic() - start) * 1000
     for url in targets:
         result.routes.append(_route(url, answers[url], loc))
@@ -557,7 +558,9 @@ def _reason(error: BaseException) -> str:
 # Evaluation
 
 
-def _answers(record: dict[str, object], loc: PacLocation, urls: list[str]) -> dict[str, str]:
+def _answers(
+    record: dict[str, object], loc: PacLocation, urls: list[str], timeout: float
+) -> dict[str, str]:
     """FindProxyForURL's answer for each URL: from the record when it holds it (keyed by the PAC
     text's hash), else from pypac, after which the record is saved with the new answers."""
     digest = str(record.get("sha256"))
@@ -569,59 +572,116 @@ def _answers(record: dict[str, object], loc: PacLocation, urls: list[str]) -> di
     if not missing:
         return cached
     text = str(record["text"])
-    cached.update(evaluate(text, missing, loc))
+    cached.update(evaluate(text, missing, loc, timeout))
     record["answers"] = cached
     record["answers_for"] = digest
     _write_record(loc, record)
     return cached
 
 
-def evaluate(text: str, urls: list[str], loc: PacLocation) -> dict[str, str]:
-    """Parse the PAC with pypac (dukpy runs the JavaScript) and ask it about each URL.
+def evaluate(
+    text: str, urls: list[str], loc: PacLocation, timeout: float = FETCH_TIMEOUT
+) -> dict[str, str]:
+    """FindProxyForURL's answer for each URL, computed by pypac in a child Python process.
 
-    pypac itself does no I/O here: only the PAC's own calls to dnsResolve, isResolvable, isInNet
-    (with a name) and myIpAddress resolve names.
+    Why a child: dukpy runs the JavaScript holding the GIL and cannot be interrupted, so a PAC
+    stuck in a loop (or in a slow dnsResolve) would hang kai-run for good; a child is killed
+    after `timeout` (at least EVAL_MIN_TIMEOUT: it has to import pypac first). pypac itself does
+    no I/O: only the PAC's own calls to dnsResolve, isResolvable, isInNet (with a name) and
+    myIpAddress resolve names.
     """
-    from urllib.parse import urlsplit
-
-    from dukpy import JSRuntimeError  # type: ignore[import-untyped]
-    from pypac.parser import MalformedPacError, PACFile  # type: ignore[import-untyped]
+    import json
+    import subprocess
+    import sys
 
     where = f"{loc.shown}, {loc.where}"
+    limit = max(timeout, EVAL_MIN_TIMEOUT)
+    env = dict(os.environ)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "kai_launch.pac"],
+            check=False,
+            input=json.dumps({"text": text, "urls": urls}),
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            timeout=limit,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        raise PacError(
+            f"the PAC file {loc.shown} did not answer within {limit:g} s",
+            where,
+            "FindProxyForURL loops or waits on slow DNS (dnsResolve, isInNet, myIpAddress); "
+            "fix the PAC file, or write http_proxy/https_proxy instead of pac_url",
+        ) from None
+    except OSError as e:
+        raise PacError(
+            f"cannot start Python to evaluate the PAC file: {e.strerror}", where
+        ) from None
+    try:
+        reply = json.loads(proc.stdout)
+    except ValueError:
+        tail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        raise PacError(
+            f"evaluating the PAC file {loc.shown} failed: {tail[0]}",
+            where,
+            "check that pypac is installed with kai-run (pip install pypac)",
+        ) from None
+    error = reply.get("error")
+    if error:
+        url = error.get("url")
+        message = str(error.get("message"))
+        if error.get("kind") == "parse":
+            raise PacError(
+                f"the PAC file {loc.shown} cannot be used: {message}",
+                where,
+                "it must be JavaScript defining FindProxyForURL(url, host); check that pac_url "
+                "names the PAC file itself (not a login or error page)",
+            )
+        if error.get("kind") == "type":
+            raise PacError(
+                f"the PAC file {loc.shown} returned {message} for {redact_url(url)}, not a string",
+                where,
+                'FindProxyForURL must return a string such as "PROXY host:port; DIRECT"',
+            )
+        raise PacError(
+            f"the PAC file {loc.shown} failed for {redact_url(str(url))}: {message}",
+            where,
+            "fix FindProxyForURL in the PAC file (or ask whoever publishes it)",
+        )
+    answers = reply.get("answers")
+    assert isinstance(answers, dict)
+    return {str(k): str(v) for k, v in answers.items()}
+
+
+def _evaluate_here(text: str, urls: list[str]) -> dict[str, object]:
+    """The child's side of evaluate(): {"answers": {url: answer}} or {"error": {...}}."""
+    import warnings
+    from urllib.parse import urlsplit
+
+    warnings.simplefilter("ignore")  # pypac warns about deprecated options on stderr
+    from pypac.parser import MalformedPacError, PACFile  # type: ignore[import-untyped]
+
     try:
         pac = PACFile(text)
     except MalformedPacError as e:
-        raise PacError(
-            f"the PAC file {loc.shown} cannot be used: {_js_error(e.original_exc or e)}",
-            where,
-            "it must be JavaScript defining FindProxyForURL(url, host); check that pac_url "
-            "names the PAC file itself (not a login or error page)",
-        ) from None
+        return {"error": {"kind": "parse", "message": _js_error(e.original_exc or e)}}
     except Exception as e:  # dukpy reports some failures with its own types
-        raise PacError(
-            f"the PAC file {loc.shown} cannot be used: {_js_error(e)}",
-            where,
-            "it must be JavaScript defining FindProxyForURL(url, host)",
-        ) from None
+        return {"error": {"kind": "parse", "message": _js_error(e)}}
     out: dict[str, str] = {}
     for url in urls:
         host = urlsplit(url).hostname or ""
         try:
             value = pac.find_proxy_for_url(url, host)
-        except (JSRuntimeError, Exception) as e:
-            raise PacError(
-                f"the PAC file {loc.shown} failed for {redact_url(url)}: {_js_error(e)}",
-                where,
-                "fix FindProxyForURL in the PAC file (or ask whoever publishes it)",
-            ) from None
+        except Exception as e:
+            return {"error": {"kind": "eval", "url": url, "message": _js_error(e)}}
         if not isinstance(value, str):
-            raise PacError(
-                f"the PAC file {loc.shown} returned {value!r} for {redact_url(url)}, not a string",
-                where,
-                'FindProxyForURL must return a string such as "PROXY host:port; DIRECT"',
-            )
+            return {"error": {"kind": "type", "url": url, "message": repr(value)}}
         out[url] = value
-    return out
+    return {"answers": out}
 
 
 def _js_error(error: BaseException) -> str:
@@ -670,3 +730,16 @@ def doctor_check(
         status = WARN
         hint = " / ".join(problems)
     return Check(name, "pac", result.source.shown, status, message, hint, round(ms, 1)), result
+
+
+def _main() -> None:
+    """`python -m kai_launch.pac`: the evaluating child (see evaluate)."""
+    import json
+    import sys
+
+    request = json.loads(sys.stdin.read())
+    sys.stdout.write(json.dumps(_evaluate_here(request["text"], request["urls"])))
+
+
+if __name__ == "__main__":
+    _main()

@@ -119,9 +119,7 @@ def profile_text(name: str, pac_url: str, urls: list[str], extra: str = "") -> s
 
 
 def child_view(kai_run, config: Path, *args: str, urls: list[str], env=None, **kw):
-    run = kai_run(
-        "-c", str(config), *args, "--", sys.executable, "-c", CHILD, *urls, env=env, **kw
-    )
+    run = kai_run("-c", str(config), *args, "--", sys.executable, "-c", CHILD, *urls, env=env, **kw)
     assert run.returncode == 0, run
     return json.loads(run.stdout), run
 
@@ -215,9 +213,9 @@ def test_a_real_requests_child_goes_through_the_proxy_the_pac_names(
     addon.write_text(MAP_ADDON)
     mitm = mitmdump(addon=addon)
     pac = (
-        'function FindProxyForURL(url, host) {\n'
-        '  if (dnsDomainIs(host, ".kai-pac.invalid")) return "PROXY 127.0.0.1:%d";\n'
-        '  return "DIRECT";\n}\n' % mitm.port
+        "function FindProxyForURL(url, host) {\n"
+        f'  if (dnsDomainIs(host, ".kai-pac.invalid")) return "PROXY 127.0.0.1:{mitm.port}";\n'
+        '  return "DIRECT";\n}\n'
     )
     target = f"http://api.kai-pac.invalid:{plain_upstream.port}/v1/models"
     config = write_profiles(profile_text("corp", server.serve("/p.pac", pac), [target]))
@@ -468,9 +466,7 @@ def test_hanging_pac_server_times_out(write_profiles):
         assert "no answer within 0.5 s" in row(rows, "pac")["message"]
 
 
-def test_the_pac_is_fetched_directly_not_through_the_parents_proxy(
-    kai_run, write_profiles, server
-):
+def test_the_pac_is_fetched_directly_not_through_the_parents_proxy(kai_run, write_profiles, server):
     url = server.serve("/proxy.pac", AGREE_PAC)
     config = write_profiles(profile_text("x", url, [API]))
     dead = f"http://127.0.0.1:{closed_port()}"
@@ -531,6 +527,22 @@ def test_malformed_pac_is_an_error(kai_run, write_profiles, server, js, words):
     assert "hint:" in run.stderr and "Traceback" not in run.stderr
 
 
+def test_pac_that_never_answers_is_stopped(write_profiles, server, monkeypatch):
+    js = "function FindProxyForURL(u, h) { while (true) {} }"
+    config = write_profiles(profile_text("x", server.serve("/loop.pac", js), [API]))
+    from kai_launch.config import load_config
+    from kai_launch.profiles import resolve_profile
+
+    profile = resolve_profile(load_config(str(config), os.environ), "x")
+    monkeypatch.setattr(pacmod, "EVAL_MIN_TIMEOUT", 2.0)
+    start = time.monotonic()
+    with pytest.raises(pacmod.PacError) as info:
+        pacmod.for_profile(profile, os.environ, timeout=2.0)
+    assert time.monotonic() - start < 8
+    assert "did not answer within 2 s" in info.value.what
+    assert "loops" in (info.value.hint or "")
+
+
 # --- the cache ------------------------------------------------------------------------------------
 
 
@@ -558,9 +570,7 @@ def test_cache_is_reused_without_a_fetch_then_refetched_after_max_age(
     assert server.hits == {"/proxy.pac": 2}
 
 
-def test_stale_cache_is_used_with_a_warning_when_the_refetch_fails(
-    kai_run, write_profiles, server
-):
+def test_stale_cache_is_used_with_a_warning_when_the_refetch_fails(kai_run, write_profiles, server):
     url = server.serve("/proxy.pac", AGREE_PAC)
     config = write_profiles(profile_text("x", url, [API]))
     child_view(kai_run, config, "-p", "x", urls=[])
@@ -604,7 +614,7 @@ def test_refresh_pac_refetches_on_the_exec_path_env_doctor_route_and_show(
         assert "fresh.invalid:7" in result.stdout, args
         expected += 1
         assert server.hits == {"/proxy.pac": expected}, args
-    code, rows = doctor("-c", str(config), "-p", "x", "--refresh-pac")
+    _, rows = doctor("-c", str(config), "-p", "x", "--refresh-pac")
     assert server.hits == {"/proxy.pac": expected + 1}
     assert row(rows, "pac")["message"].startswith("fetched ")
     cli("-c", str(config), "env", "-p", "x")  # without the flag: cached
@@ -619,7 +629,13 @@ def test_warm_exec_path_imports_no_pypac_dukpy_or_requests(write_profiles, serve
         [sys.executable, "-X", "importtime", *base[1:], "true"], capture_output=True, text=True
     )
     assert cold.returncode == 0, cold.stderr
-    assert "pypac" in _imported(cold.stderr)  # the cold path does evaluate with pypac
+    # The cold path fetched with requests and evaluated (pypac runs in a child process).
+    assert "requests" in _imported(cold.stderr)
+    (cached,) = cache_files()
+    assert json.loads(cached.read_text())["answers"] == {
+        API: "PROXY proxy.kai-pac.invalid:3128; DIRECT",
+        LLM: "DIRECT",
+    }
     server.close()  # a warm run must not need it
     warm = subprocess.run(
         [sys.executable, "-X", "importtime", *base[1:], "env"], capture_output=True, text=True
@@ -674,7 +690,7 @@ def test_doctor_pac_check_passes_and_lists_each_targets_route(
     direct = f"http://127.0.0.1:{plain_upstream.port}/v1/models"
     proxied = "https://api.kai-pac.invalid/v1/models"
     config = write_profiles(profile_text("x", url, [direct]))
-    code, rows = doctor("-c", str(config), "-p", "x", "--url", proxied, "--timeout", "2")
+    _, rows = doctor("-c", str(config), "-p", "x", "--url", proxied, "--timeout", "2")
     pac = row(rows, "pac")
     assert pac["status"] == "ok", pac
     assert pac["target"] == url
