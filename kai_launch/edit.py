@@ -303,6 +303,8 @@ def set_value(
                 new = [_cli_path(p, cwd) for p in new]
             elif key == "ca_bundle" and isinstance(new, str):
                 new = _cli_path(new, cwd)
+            elif key == "pac_url" and isinstance(new, str) and new.lower().startswith("file:"):
+                new = "file:" + _cli_path(new[5:], cwd) if new[5:6] != "/" else new
         _check_setting(session, name, key, new)
         if old is not None and tomledit.same_value(old, new):
             return f"profiles.{name}.{key} already has that value"

@@ -161,6 +161,11 @@ def run(opts: RunOptions) -> int:
         from kai_launch.pac import for_profile
 
         pac = for_profile(profile, environ, refresh=opts.refresh_pac)
+        if opts.verbose and pac is not None:
+            from kai_launch.proxyurl import redact_url
+
+            routes = "; ".join(f"{redact_url(r.url)} -> {r.shown()}" for r in pac.routes)
+            sys.stderr.write(f"kai-run: PAC: {pac.describe_source()}: {routes}\n")
 
     def child_plan(*, resolve_secrets: bool = True, bundles: bool = True) -> EnvPlan:
         return build_plan(

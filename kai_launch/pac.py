@@ -93,6 +93,7 @@ class PacResult:
         "age",
         "direct_hosts",
         "eval_ms",
+        "evaluated",
         "fetch_ms",
         "how",
         "proxy",
@@ -111,6 +112,7 @@ class PacResult:
         self.age = 0.0  # seconds since the PAC copy in use was fetched or read
         self.fetch_ms = 0.0
         self.eval_ms = 0.0
+        self.evaluated = 0  # URLs pypac evaluated in this run (the others' answers were cached)
 
     @property
     def agree(self) -> bool:
@@ -206,7 +208,7 @@ def for_profile(
     result = PacResult(loc)
     record = _load(loc, profile, environ, result, refresh=refresh, timeout=timeout)
     start = time.monotonic()
-    answers = _answers(record, loc, targets, timeout)
+    answers, result.evaluated = _answers(record, loc, targets, timeout)
     result.eval_ms = (time.monotonic() - start) * 1000
     for url in targets:
         result.routes.append(_route(url, answers[url], loc))
@@ -560,7 +562,7 @@ def _reason(error: BaseException) -> str:
 
 def _answers(
     record: dict[str, object], loc: PacLocation, urls: list[str], timeout: float
-) -> dict[str, str]:
+) -> tuple[dict[str, str], int]:
     """FindProxyForURL's answer for each URL: from the record when it holds it (keyed by the PAC
     text's hash), else from pypac, after which the record is saved with the new answers."""
     digest = str(record.get("sha256"))
@@ -570,13 +572,13 @@ def _answers(
         cached = {k: v for k, v in stored.items() if isinstance(v, str)}
     missing = [u for u in urls if u not in cached]
     if not missing:
-        return cached
+        return cached, 0
     text = str(record["text"])
     cached.update(evaluate(text, missing, loc, timeout))
     record["answers"] = cached
     record["answers_for"] = digest
     _write_record(loc, record)
-    return cached
+    return cached, len(missing)
 
 
 def evaluate(
@@ -706,7 +708,7 @@ def doctor_check(
     from kai_launch.checks import FAIL, OK, WARN, Check
 
     start = time.monotonic()
-    target = profile.pac_url
+    target = redact_url(profile.pac_url or "")
     try:
         result = for_profile(profile, environ, urls, refresh=refresh, timeout=timeout)
     except KaiRunError as e:
@@ -716,10 +718,12 @@ def doctor_check(
     ms = (time.monotonic() - start) * 1000
     routes = "; ".join(f"{redact_url(r.url)} -> {r.shown()}" for r in result.routes)
     count = len(result.routes)
-    message = (
-        f"{result.describe_source()}; evaluated {count} URL{'s' * (count != 1)} in "
-        f"{result.eval_ms:.0f} ms: {routes}"
-    )
+    urls_word = f"{count} URL{'s' * (count != 1)}"
+    if result.evaluated:
+        done = f"parsed and evaluated for {urls_word} in {result.eval_ms:.0f} ms"
+    else:
+        done = f"answers for {urls_word} cached with it"
+    message = f"{result.describe_source()}; {done}: {routes}"
     if result.proxy is not None:
         message += f"; exports {redact_url(result.proxy)}"
     if result.direct_hosts:

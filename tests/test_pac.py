@@ -404,13 +404,32 @@ def test_bad_pac_url_is_a_one_line_error_with_file_line_and_key(
     assert hint.startswith("  hint:") and "file:" in hint
 
 
-def test_profiles_set_validates_pac_url(kai_run, write_profiles):
+def test_profiles_set_validates_pac_url(kai_run, write_profiles, tmp_path):
     config = write_profiles('[profiles.x]\ndescription = "d"\n')
     bad = kai_run("-c", str(config), "profiles", "set", "x", "pac_url", "gopher://x/p.pac")
     assert bad.returncode == 2 and "scheme 'gopher:'" in bad.stderr
-    good = kai_run("-c", str(config), "profiles", "set", "x", "pac_url", "file:p.pac")
+    # A relative file: path on the command line is relative to the current directory, as
+    # for ca_bundle.
+    work = tmp_path / "work"
+    work.mkdir()
+    good = kai_run("-c", str(config), "profiles", "set", "x", "pac_url", "file:p.pac", cwd=work)
     assert good.returncode == 0, good
-    assert 'pac_url = "file:p.pac"' in config.read_text()
+    assert f'pac_url = "file:{work / "p.pac"}"' in config.read_text()
+    good = kai_run("-c", str(config), "profiles", "set", "x", "pac_url", "file:~/p.pac")
+    assert 'pac_url = "file:~/p.pac"' in config.read_text()
+
+
+def test_copy_to_another_file_makes_a_relative_file_pac_absolute():
+    from kai_launch import edit
+
+    site_dir = Path(os.environ["XDG_CONFIG_DIRS"]) / "kai-run"
+    site_dir.mkdir(parents=True)
+    (site_dir / "profiles.toml").write_text(
+        f'[profiles.corp]\npac_url = "file:pacs/corp.pac"\ncheck_urls = ["{API}"]\n'
+    )
+    result = edit.copy_profile(edit.edit_target(None, {}), "corp", "mine")
+    text = Path(result.path).read_text()
+    assert f'pac_url = "file:{site_dir / "pacs" / "corp.pac"}"' in text
 
 
 def test_pac_url_without_check_urls_says_to_add_them(kai_run, write_profiles, server):
@@ -696,6 +715,7 @@ def test_doctor_pac_check_passes_and_lists_each_targets_route(
     assert pac["target"] == url
     message = pac["message"]
     assert message.startswith(f"fetched {url} in ")
+    assert "; parsed and evaluated for 2 URLs in " in message
     assert f"{direct} -> DIRECT" in message
     assert f"{proxied} -> PROXY 127.0.0.1:{proxy_port}" in message
     assert f"exports http://127.0.0.1:{proxy_port}" in message
@@ -706,7 +726,9 @@ def test_doctor_pac_check_passes_and_lists_each_targets_route(
     assert resolver_guard == []
     # Second run: from the cache, with its age.
     _, rows = doctor("-c", str(config), "-p", "x", "--url", proxied, "--timeout", "2")
-    assert row(rows, "pac")["message"].startswith(f"cached copy of {url} (fetched ")
+    message = row(rows, "pac")["message"]
+    assert message.startswith(f"cached copy of {url} (fetched ")
+    assert "answers for 2 URLs cached with it" in message
     assert server.hits == {"/proxy.pac": 1}
 
 
@@ -817,6 +839,17 @@ def test_direct_host_that_would_cover_a_proxied_target_is_not_added(
     view, run = child_view(kai_run, config, "-p", "x", urls=[])
     assert "corp.invalid" not in view["env"]["NO_PROXY"].split(",")
     assert "NO_PROXY cannot tell them apart" in run.stderr
+
+
+def test_verbose_says_where_the_pac_came_from(kai_run, write_profiles, server):
+    url = server.serve("/proxy.pac", AGREE_PAC)
+    config = write_profiles(profile_text("x", url, [API, LLM]))
+    run = kai_run("-c", str(config), "-p", "x", "-v", "--", "true")
+    assert run.returncode == 0, run
+    assert f"kai-run: PAC: fetched {url} in " in run.stderr
+    assert f"{API} -> PROXY {PROXY}; {LLM} -> DIRECT" in run.stderr
+    run = kai_run("-c", str(config), "-p", "x", "-v", "--", "true")
+    assert f"kai-run: PAC: cached copy of {url} (fetched " in run.stderr
 
 
 def test_profiles_show_names_the_pac_as_the_origin(write_profiles, server):
