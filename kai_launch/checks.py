@@ -642,6 +642,8 @@ class _Ctx:
     @property
     def where(self) -> str:
         keys = " / ".join(self.keys) or "the proxy URL"
+        if self.profile.pac_url and not any(getattr(self.profile, k, None) for k in self.keys):
+            keys = f"the PAC file's answer (pac_url {redact_url(self.profile.pac_url)})"
         return f"{keys} of profile '{self.profile.name}' ({self.profile.path})"
 
     @property

@@ -608,6 +608,18 @@ def test_stale_cache_is_used_with_a_warning_when_the_refetch_fails(kai_run, writ
     assert "connection refused" in run.stderr and "cached 13.0 h ago" in run.stderr
 
 
+def test_a_corrupt_cache_file_is_refetched_not_an_error(kai_run, write_profiles, server):
+    url = server.serve("/proxy.pac", AGREE_PAC)
+    config = write_profiles(profile_text("x", url, [API]))
+    child_view(kai_run, config, "-p", "x", urls=[])
+    (cached,) = cache_files()
+    cached.write_text("{not json")
+    view, _ = child_view(kai_run, config, "-p", "x", urls=[])
+    assert view["env"]["HTTPS_PROXY"] == f"http://{PROXY}"
+    assert server.hits == {"/proxy.pac": 2}
+    assert json.loads(cached.read_text())["text"] == AGREE_PAC
+
+
 def test_refresh_pac_refetches_on_the_exec_path_env_doctor_route_and_show(
     kai_run, write_profiles, server
 ):
@@ -721,7 +733,9 @@ def test_doctor_pac_check_passes_and_lists_each_targets_route(
     assert f"exports http://127.0.0.1:{proxy_port}" in message
     assert pac["duration_ms"] > 0
     # The PAC's proxy is the one doctor probes (closed: fails fast, the pac row stays ok).
-    assert any(r["check"] == "proxy.tcp" and r["status"] == "fail" for r in rows), rows
+    tcp = row(rows, "proxy.tcp")
+    assert tcp["status"] == "fail" and tcp["target"] == f"http://127.0.0.1:{proxy_port}"
+    assert f"the PAC file's answer (pac_url {url})" in tcp["hint"]
     assert [r["check"] for r in rows][:2] == ["config", "pac"]
     assert resolver_guard == []
     # Second run: from the cache, with its age.
