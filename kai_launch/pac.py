@@ -17,6 +17,10 @@ nothing over the network. A cached PAC is reused for MAX_AGE; a `file:` PAC is r
 its size or mtime changes. Answers can depend on DNS (dnsResolve, isInNet, myIpAddress), so they
 are kept only as long as the PAC copy they came from: refetching (MAX_AGE, `--refresh-pac`)
 re-evaluates them. When a refetch fails and a copy exists, that copy is used with a warning.
+
+The JavaScript runs in a child Python process (`python -m kai_launch.pac`, see `evaluate`) that is
+killed after a timeout: dukpy holds the GIL and cannot be interrupted, so a PAC that loops would
+otherwise hang kai-run.
 """
 
 from __future__ import annotations

@@ -875,3 +875,16 @@ def test_profiles_show_names_the_pac_as_the_origin(write_profiles, server):
     assert data["settings"]["pac_url"]["value"] == url
     assert data["variables"]["HTTPS_PROXY"]["origin"] == f"PAC file {url}"
     assert f"DIRECT in PAC file {url}" in data["variables"]["NO_PROXY"]["origin"]
+
+
+def test_doctor_pac_check_warns_on_a_stale_copy(write_profiles, server):
+    url = server.serve("/proxy.pac", LOOPBACK_PAC % closed_port())
+    config = write_profiles(profile_text("x", url, ["http://127.0.0.1:9/"]))
+    doctor("-c", str(config), "-p", "x", "--timeout", "1")
+    age_cache(20 * 3600)
+    server.serve("/proxy.pac", "down", status=502, content_type="text/plain")
+    _, rows = doctor("-c", str(config), "-p", "x", "--timeout", "1")
+    pac = row(rows, "pac")
+    assert pac["status"] == "warn", pac
+    assert pac["message"].startswith(f"stale cached copy of {url} (fetched 20.0 h ago)")
+    assert "HTTP 502" in pac["hint"] and "cached 20.0 h ago" in pac["hint"]
