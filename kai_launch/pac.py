@@ -179,7 +179,10 @@ def locate(profile: Profile, environ: Mapping[str, str]) -> PacLocation:
         rest = "/" + tail
     from urllib.parse import unquote
 
-    path = expand_path(unquote(rest), profile.pac_base_dir or os.getcwd(), environ, where)
+    rest = unquote(rest)
+    if os.name == "nt" and rest[:1] == "/" and rest[2:3] == ":":
+        rest = rest[1:]  # file:///C:/proxy.pac
+    path = expand_path(rest, profile.pac_base_dir or os.getcwd(), environ, where)
     return PacLocation("file", path, where)
 
 
@@ -400,9 +403,9 @@ def _load(
             and not refresh
             and cached.get("mtime_ns") == stat.st_mtime_ns
             and cached.get("size") == stat.st_size
-            and 0 <= now - float(cached["fetched_at"]) < MAX_AGE  # type: ignore[arg-type]
+            and 0 <= now - _fetched_at(cached) < MAX_AGE
         ):
-            result.how, result.age = "cached", now - float(cached["fetched_at"])  # type: ignore[arg-type]
+            result.how, result.age = "cached", now - _fetched_at(cached)
             return cached
         start = time.monotonic()
         record = _new_record(loc, _read_file(loc), stat)
@@ -410,7 +413,7 @@ def _load(
         _write_record(loc, record)
         return record
     if cached is not None and not refresh:
-        age = now - float(cached["fetched_at"])  # type: ignore[arg-type]
+        age = now - _fetched_at(cached)
         if 0 <= age < MAX_AGE:
             result.how, result.age = "cached", age
             return cached
@@ -420,7 +423,7 @@ def _load(
     except PacError as e:
         if cached is None:
             raise
-        age = now - float(cached["fetched_at"])  # type: ignore[arg-type]
+        age = now - _fetched_at(cached)
         result.how, result.age = "stale", age
         result.warnings.append(
             f"fetching the PAC file {loc.shown} failed ({e.what}); using the copy cached "
@@ -431,6 +434,12 @@ def _load(
     record = _new_record(loc, text, None)
     _write_record(loc, record)
     return record
+
+
+def _fetched_at(record: dict[str, object]) -> float:
+    value = record["fetched_at"]
+    assert isinstance(value, (int, float))  # checked by _read_record
+    return float(value)
 
 
 def _stat(loc: PacLocation) -> os.stat_result:
