@@ -1635,6 +1635,11 @@ def _check_profile(
             pem_certificates(path, where)
         except KaiRunError as e:
             result.problem(Finding.of(e))
+    if isinstance(body.get("pac_url"), str) and not skipped(body["pac_url"]):
+        from kai_launch.pac import offline_problems
+
+        for error in offline_problems(profile, environ):
+            result.problem(Finding.of(error))
     for key, ref in _secret_refs(body):
         where = str(Where(cfile.path, name, key))
         _check_ref(ref, cfile.base_dir, where, environ, result, skipped)

@@ -199,6 +199,23 @@ def target_urls(profile: Profile, extra: Iterable[str] = ()) -> list[str]:
     return urls
 
 
+def offline_problems(profile: Profile, environ: Mapping[str, str]) -> list[KaiRunError]:
+    """What `config check` can say about pac_url without the network: a `file:` PAC that does
+    not exist, no URLs to evaluate it for."""
+    problems: list[KaiRunError] = []
+    try:
+        loc = locate(profile, environ)
+        if loc.kind == "file":
+            _stat(loc)
+    except KaiRunError as e:
+        problems.append(e)
+    try:
+        target_urls(profile)
+    except KaiRunError as e:
+        problems.append(e)
+    return problems
+
+
 def for_profile(
     profile: Profile,
     environ: Mapping[str, str],

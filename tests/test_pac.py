@@ -888,3 +888,16 @@ def test_doctor_pac_check_warns_on_a_stale_copy(write_profiles, server):
     assert pac["status"] == "warn", pac
     assert pac["message"].startswith(f"stale cached copy of {url} (fetched 20.0 h ago)")
     assert "HTTP 502" in pac["hint"] and "cached 20.0 h ago" in pac["hint"]
+
+
+def test_config_check_reports_a_missing_file_pac_and_missing_check_urls(kai_run, write_profiles):
+    config = write_profiles(
+        profile_text("missing", "file:nope.pac", [API])
+        + '[profiles.nourls]\npac_url = "http://127.0.0.1:9/p.pac"\n'
+        + profile_text("fine", "http://127.0.0.1:9/p.pac", [API])
+    )
+    run = kai_run("config", "check", "-c", str(config))
+    assert run.returncode == 1, run
+    assert "nope.pac does not exist" in run.stdout
+    assert "no check_urls" in run.stdout
+    assert "2 problems" in run.stdout  # and nothing was fetched for `fine`
