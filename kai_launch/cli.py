@@ -895,8 +895,9 @@ def config_check(
     """Validate every profile of every file; exit 1 on a problem (for CI).
 
     Checks the schema, `extends`, proxy URLs, that CA files exist and hold PEM certificates,
-    that a `file:` pac_url exists (a PAC URL is not fetched), and the shape of secret references (secret commands are not run). Warns about plaintext
-    secrets in a file that group or others can read.
+    that a `file:` pac_url exists (a PAC URL is not fetched), and the shape of secret
+    references (secret commands are not run). Warns about plaintext secrets in a file that
+    group or others can read.
 
     Examples:
 
