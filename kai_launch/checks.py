@@ -60,7 +60,17 @@ MAX_THREADS: Final = 256
 ALL_PROFILES: Final = "*"  # the profile name on a `config` row when no file could be read
 
 # Where a row sorts: by profile, then by this group, then by position inside the group.
-_GROUPS: Final = {"config": 0, "sidecar": 1, "env": 2, "ca": 3, "proxy": 4, "target": 5, "jvm": 6}
+# `pac` shares the sidecar's group, after it (its row has position 1).
+_GROUPS: Final = {
+    "config": 0,
+    "sidecar": 1,
+    "pac": 1,
+    "env": 2,
+    "ca": 3,
+    "proxy": 4,
+    "target": 5,
+    "jvm": 6,
+}
 
 PROXY_VARS: Final = {
     "HTTP_PROXY": "http_proxy",
@@ -708,6 +718,8 @@ class _Ctx:
     @property
     def where(self) -> str:
         keys = " / ".join(self.keys) or "the proxy URL"
+        if self.profile.pac_url and not any(getattr(self.profile, k, None) for k in self.keys):
+            keys = f"the PAC file's answer (pac_url {redact_url(self.profile.pac_url)})"
         return f"{keys} of profile '{self.profile.name}' ({self.profile.path})"
 
     @property
@@ -1339,6 +1351,8 @@ class ProfileJob:
     # A profile with a sidecar is completed only once the sidecar runs: its CA file is often
     # written by the sidecar itself (mitmproxy's, on first start).
     deferred: bool = False
+    pac_refresh: bool = False  # --refresh-pac
+    pac_timeout: float = DEFAULT_TIMEOUT  # for fetching the PAC file
 
     @property
     def sidecar(self) -> bool:
@@ -1361,8 +1375,11 @@ def prepare(
     all_profiles: bool,
     urls: list[str],
     environ: Mapping[str, str],
+    pac_refresh: bool = False,
+    pac_timeout: float = DEFAULT_TIMEOUT,
 ) -> list[ProfileJob]:
     """Everything that needs no network, for `profile` (else the selected one) or all.
+    (The exception: a profile's PAC file is fetched here, unless cached; see the `pac` row.)
 
     Raises KaiRunError (exit 2) for kai-run's own errors: a bad --url, a named config file that
     does not exist, an unknown profile name, no profile selected. A broken profile becomes a
@@ -1397,16 +1414,22 @@ def prepare(
     for index, name in enumerate(names):
         if config.lookup(name) is None:
             resolve_profile(config, name)  # raises the "unknown profile" error, with the list
-        jobs.append(_prepare_one(config, name, index, urls, environ))
+        jobs.append(_prepare_one(config, name, index, urls, environ, pac_refresh, pac_timeout))
     return jobs
 
 
 def _prepare_one(
-    config: Config, name: str, index: int, urls: list[str], environ: Mapping[str, str]
+    config: Config,
+    name: str,
+    index: int,
+    urls: list[str],
+    environ: Mapping[str, str],
+    pac_refresh: bool = False,
+    pac_timeout: float = DEFAULT_TIMEOUT,
 ) -> ProfileJob:
     from kai_launch.profiles import resolve_profile
 
-    job = ProfileJob(name, index)
+    job = ProfileJob(name, index, pac_refresh=pac_refresh, pac_timeout=pac_timeout)
     start = time.monotonic()
     try:
         profile = resolve_profile(config, name)
@@ -1428,16 +1451,24 @@ def complete(job: ProfileJob, profile: Profile, environ: Mapping[str, str]) -> N
     name = job.name
     job.deferred = False
     job.profile = None  # set again once the plan is built: a broken profile has nothing to run
+    pac = None
+    if profile.pac_url is not None:
+        from kai_launch.pac import doctor_check
+
+        pac_row, pac = doctor_check(
+            name, profile, environ, job.urls, job.pac_refresh, job.pac_timeout
+        )
+        job.offline.append(_stamp(pac_row, job, 1))
     start = time.monotonic()
     ca_broken = False
     see_ca = "ca.sources and ca.file" if profile.ca_mode == "system" else "ca.file"
     try:
-        plan = build_plan(profile, environ, collect_token_errors=True)
+        plan = build_plan(profile, environ, pac=pac, collect_token_errors=True)
     except TrustError:
         # The ca.* rows say what is wrong with which file; the rest is checked without it.
         ca_broken = True
         try:
-            plan = build_plan(profile, environ, bundles=False, collect_token_errors=True)
+            plan = build_plan(profile, environ, bundles=False, pac=pac, collect_token_errors=True)
         except KaiRunError as e:
             job.offline.append(_config_fail(job, e, profile.path, start))
             return

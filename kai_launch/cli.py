@@ -41,6 +41,7 @@ class Globals:
         self.clean_env = False
         self.debug = False
         self.verbose = False
+        self.refresh_pac = False
 
 
 class KaiRunGroup(TyperGroup):
@@ -116,6 +117,13 @@ SetOpt = Annotated[
         "--set", metavar="KEY=VALUE", help="Added to the child's environment (repeatable)."
     ),
 ]
+RefreshPacOpt = Annotated[
+    bool,
+    typer.Option(
+        "--refresh-pac",
+        help="Fetch the profile's PAC file again (and re-evaluate it) instead of using the cache.",
+    ),
+]
 UnsetOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -150,6 +158,7 @@ def main_callback(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
+    refresh_pac: RefreshPacOpt = False,
 ) -> None:
     """Run a command under a network profile, or manage profiles.
 
@@ -159,6 +168,7 @@ def main_callback(
     g = Globals()
     g.profile, g.config, g.set, g.unset = profile, config, set_ or [], unset or []
     g.clean_env, g.debug, g.verbose = clean_env, debug, verbose
+    g.refresh_pac = refresh_pac
     ctx.obj = g
     if ctx.invoked_subcommand is None:
         # Reached only with options main.py did not recognise as the exec path; run it anyway.
@@ -167,6 +177,7 @@ def main_callback(
         opts = RunOptions()
         opts.profile, opts.config, opts.set, opts.unset = g.profile, g.config, g.set, g.unset
         opts.clean_env, opts.debug, opts.verbose = clean_env, debug, verbose
+        opts.refresh_pac = refresh_pac
         raise typer.Exit(run(opts))
 
 
@@ -202,6 +213,7 @@ def env_command(
     ] = "sh",
     set_: SetOpt = None,
     unset: UnsetOpt = None,
+    refresh_pac: RefreshPacOpt = False,
 ) -> None:
     """Print the variables the profile sets and unsets, for eval or CI.
 
@@ -221,7 +233,13 @@ def env_command(
 
     profile, config = _pick(ctx, profile, config)
     g = _globals(ctx)
-    plan, prof = _plan(profile, config, [*g.set, *(set_ or [])], [*g.unset, *(unset or [])])
+    plan, prof = _plan(
+        profile,
+        config,
+        [*g.set, *(set_ or [])],
+        [*g.unset, *(unset or [])],
+        refresh_pac=refresh_pac or g.refresh_pac,
+    )
     notes = list(plan.warnings)
     if prof.sidecar is not None:
         # These variables point at the sidecar: without it running, every request fails.
@@ -241,6 +259,8 @@ def _plan(
     unsets: list[str],
     *,
     resolve_secrets: bool = True,
+    refresh_pac: bool = False,
+    urls: list[str] | None = None,
 ) -> tuple[Any, Any]:
     from kai_launch.config import load_config
     from kai_launch.environ import build_plan, parse_assignment
@@ -250,8 +270,18 @@ def _plan(
     cfg = load_config(config, os.environ)
     name, why = select_profile_name(cfg, profile, os.environ)
     prof = resolve_profile(cfg, name, why)
+    pac = None
+    if prof.pac_url is not None:
+        from kai_launch.pac import for_profile
+
+        pac = for_profile(prof, os.environ, urls or [], refresh=refresh_pac)
     plan = build_plan(
-        prof, os.environ, overrides=overrides, removals=unsets, resolve_secrets=resolve_secrets
+        prof,
+        os.environ,
+        overrides=overrides,
+        removals=unsets,
+        resolve_secrets=resolve_secrets,
+        pac=pac,
     )
     return plan, prof
 
@@ -296,6 +326,7 @@ def profiles_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     set_: SetOpt = None,
     unset: UnsetOpt = None,
+    refresh_pac: RefreshPacOpt = False,
 ) -> None:
     """Show a profile's effective settings and the variables it gives, each with its origin.
 
@@ -314,7 +345,12 @@ def profiles_show(
     profile, config = _pick(ctx, name or profile, config)
     g = _globals(ctx)
     plan, prof = _plan(
-        profile, config, [*g.set, *(set_ or [])], [*g.unset, *(unset or [])], resolve_secrets=reveal
+        profile,
+        config,
+        [*g.set, *(set_ or [])],
+        [*g.unset, *(unset or [])],
+        resolve_secrets=reveal,
+        refresh_pac=refresh_pac or g.refresh_pac,
     )
     _warn(plan.warnings)
     render.profile_details(describe_profile(prof, plan, reveal=reveal), as_json=as_json)
@@ -349,6 +385,7 @@ def doctor_command(
         bool, typer.Option("--json", help="Print only a JSON list of the checks.")
     ] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 on warnings too.")] = False,
+    refresh_pac: RefreshPacOpt = False,
 ) -> None:
     """Find what is wrong with a profile's network path, and say how to fix it.
 
@@ -377,7 +414,15 @@ def doctor_command(
         raise KaiRunError(
             "--all and --profile exclude each other", hint="give one profile, or --all"
         )
-    jobs = prepare(config, profile, all_profiles=all_profiles, urls=url or [], environ=os.environ)
+    jobs = prepare(
+        config,
+        profile,
+        all_profiles=all_profiles,
+        urls=url or [],
+        environ=os.environ,
+        pac_refresh=refresh_pac or _globals(ctx).refresh_pac,
+        pac_timeout=timeout,
+    )
     doctor = Doctor(jobs, timeout, verbose=_globals(ctx).verbose)
     checks = render.doctor_report(doctor, total=doctor.total, as_json=as_json)
     raise typer.Exit(exit_status(checks, strict=strict))
@@ -390,6 +435,7 @@ def route_command(
     profile: ProfileOpt = None,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    refresh_pac: RefreshPacOpt = False,
 ) -> None:
     """Show where each HTTP client would send a request for URL under the profile.
 
@@ -410,9 +456,16 @@ def route_command(
 
     profile, config = _pick(ctx, profile, config)
     g = _globals(ctx)
-    plan, _ = _plan(profile, config, g.set, g.unset)
+    plan, prof = _plan(
+        profile, config, g.set, g.unset, refresh_pac=refresh_pac or g.refresh_pac, urls=[url]
+    )
     _warn(plan.warnings)
-    render.route_report(route(url, plan.child_environ(os.environ)), as_json=as_json)
+    report = route(url, plan.child_environ(os.environ))
+    if prof.pac_url is not None:
+        from kai_launch.route import with_pac
+
+        report = with_pac(report, url, plan.pac)
+    render.route_report(report, as_json=as_json)
 
 
 # --- sidecar ----------------------------------------------------------------------------------
@@ -848,8 +901,9 @@ def config_check(
     """Validate every profile of every file; exit 1 on a problem (for CI).
 
     Checks the schema, `extends`, proxy URLs, that CA files exist and hold PEM certificates,
-    and the shape of secret references (secret commands are not run). Warns about plaintext
-    secrets in a file that group or others can read.
+    that a `file:` pac_url exists (a PAC URL is not fetched), and the shape of secret
+    references (secret commands are not run). Warns about plaintext secrets in a file that
+    group or others can read.
 
     Examples:
 

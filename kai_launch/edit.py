@@ -303,6 +303,8 @@ def set_value(
                 new = [_cli_path(p, cwd) for p in new]
             elif key == "ca_bundle" and isinstance(new, str):
                 new = _cli_path(new, cwd)
+            elif key == "pac_url" and isinstance(new, str) and new.lower().startswith("file:"):
+                new = "file:" + _cli_path(new[5:], cwd) if new[5:6] != "/" else new
         _check_setting(session, name, key, new)
         if old is not None and tomledit.same_value(old, new):
             return f"profiles.{name}.{key} already has that value"
@@ -1498,6 +1500,9 @@ def _absolute_paths(body: dict[str, Any], base_dir: str) -> dict[str, Any]:
         return os.path.normpath(os.path.join(base_dir, raw))
 
     out = dict(body)
+    pac = out.get("pac_url")
+    if isinstance(pac, str) and pac.lower().startswith("file:") and not pac[5:].startswith("/"):
+        out["pac_url"] = "file:" + fix(pac[5:])
     if "ca_bundle" in out:
         value = out["ca_bundle"]
         out["ca_bundle"] = fix(value) if isinstance(value, str) else [fix(v) for v in value]
@@ -1664,6 +1669,11 @@ def _check_profile(
             pem_certificates(path, where)
         except KaiRunError as e:
             result.problem(Finding.of(e))
+    if isinstance(body.get("pac_url"), str) and not skipped(body["pac_url"]):
+        from kai_launch.pac import offline_problems
+
+        for error in offline_problems(profile, environ):
+            result.problem(Finding.of(error))
     for key, ref in _secret_refs(body):
         where = str(Where(cfile.path, name, key))
         _check_ref(ref, cfile.base_dir, where, environ, result, skipped)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
     from kai_launch.oauth2 import Token
+    from kai_launch.pac import PacResult
     from kai_launch.profiles import Profile
 
 # Profile setting -> the variables it sets. Both spellings always get the same value (or are both
@@ -101,10 +102,20 @@ class Assignment:
 class EnvPlan:
     """What the child's environment will be, relative to the parent's."""
 
-    __slots__ = ("assign", "clean_env", "profile", "removals", "token_errors", "tokens", "warnings")
+    __slots__ = (
+        "assign",
+        "clean_env",
+        "pac",
+        "profile",
+        "removals",
+        "token_errors",
+        "tokens",
+        "warnings",
+    )
 
     def __init__(self, profile: str) -> None:
         self.profile = profile
+        self.pac: PacResult | None = None  # the evaluated PAC file the proxies came from
         self.assign: dict[str, Assignment] = {}
         self.removals: dict[str, str] = {}  # name -> why
         self.warnings: list[str] = []
@@ -174,6 +185,7 @@ def build_plan(
     clean_env: bool = False,
     bundles: bool = True,
     collect_token_errors: bool = False,
+    pac: PacResult | None = None,
 ) -> EnvPlan:
     """Translate `profile` into an EnvPlan. `environ` is the parent's, for ${VAR} and secrets.
 
@@ -181,6 +193,8 @@ def build_plan(
     no secret command. bundles=False skips writing CA bundles (the plan then names no CA file).
     collect_token_errors=True (doctor): an oauth2 token that cannot be had goes to
     plan.token_errors, its variable left out, instead of failing the whole plan.
+    pac: the profile's PAC evaluated (kai_launch.pac.for_profile); its proxy fills the
+    http_proxy/https_proxy the profile does not write, its DIRECT hosts join NO_PROXY.
     """
     plan = EnvPlan(profile.name)
     plan.clean_env = clean_env
@@ -195,7 +209,10 @@ def build_plan(
         origin = profile.origins.get(f"unset[{name}]") or profile.origins.get("unset", profile.path)
         plan.remove(name, f"unset in {origin}")
 
-    _proxies(profile, environ, plan, secret)
+    if pac is not None:
+        plan.pac = pac
+        plan.warnings.extend(pac.warnings)
+    _proxies(profile, environ, plan, secret, pac)
     _trust(profile, environ, plan, bundles=bundles)
 
     for name, value in profile.env.items():
@@ -256,6 +273,7 @@ def _proxies(
     environ: Mapping[str, str],
     plan: EnvPlan,
     secret: Callable[[str | SecretRef], str],
+    pac: PacResult | None = None,
 ) -> None:
     auth_user = profile.proxy_auth.get("username")
     auth_pass = profile.proxy_auth.get("password")
@@ -268,6 +286,10 @@ def _proxies(
     for field, names in PROXY_VARIABLES:
         raw = getattr(profile, field)
         origin = profile.origins.get(field, profile.path)
+        # Written proxies (all_proxy included: it covers every scheme) win over the PAC's.
+        pac_field = field != "all_proxy" and profile.all_proxy is None
+        if raw is None and pac is not None and pac.proxy and pac_field:
+            raw, origin = pac.proxy, f"PAC file {pac.source.shown}"
         if raw is None:
             # Set, but empty: every client reads an empty proxy variable as "no proxy", and
             # a stale value in either spelling from the parent can no longer leak through.
@@ -288,9 +310,13 @@ def _proxies(
             )
             for e in profile.no_proxy
         ]
+        + (pac.direct_hosts if pac is not None else [])
     )
+    no_proxy_origin = profile.origins.get("no_proxy", "kai-run defaults")
+    if pac is not None and pac.direct_hosts:
+        no_proxy_origin += f" + DIRECT in PAC file {pac.source.shown}"
     for name in NO_PROXY_VARIABLES:
-        plan.set(name, value, profile.origins.get("no_proxy", "kai-run defaults"))
+        plan.set(name, value, no_proxy_origin)
     for cidr in cidrs:
         if is_ipv6_cidr(cidr):
             plan.warnings.append(

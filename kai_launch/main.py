@@ -28,7 +28,13 @@ _VALUE_OPTIONS = {
     "--set": "set",
     "--unset": "unset",
 }
-_FLAGS = {"--clean-env": "clean_env", "--debug": "debug", "--verbose": "verbose", "-v": "verbose"}
+_FLAGS = {
+    "--clean-env": "clean_env",
+    "--debug": "debug",
+    "--verbose": "verbose",
+    "-v": "verbose",
+    "--refresh-pac": "refresh_pac",
+}
 
 
 class RunOptions:
@@ -41,6 +47,7 @@ class RunOptions:
         "config",
         "debug",
         "profile",
+        "refresh_pac",
         "set",
         "unset",
         "verbose",
@@ -54,6 +61,7 @@ class RunOptions:
         self.clean_env = False
         self.debug = False
         self.verbose = False
+        self.refresh_pac = False
         self.command: list[str] = []
         self.changes: list[tuple[str, str]] = []  # ("set", "K=V") / ("unset", "K"), in order
 
@@ -148,6 +156,16 @@ def run(opts: RunOptions) -> int:
             f"profile '{name}' ({profile.path})",
             'put it after --, or add command = ["kai-rpc-server"] to the profile',
         )
+    pac = None
+    if profile.pac_url is not None:
+        from kai_launch.pac import for_profile
+
+        pac = for_profile(profile, environ, refresh=opts.refresh_pac)
+        if opts.verbose and pac is not None:
+            from kai_launch.proxyurl import redact_url
+
+            routes = "; ".join(f"{redact_url(r.url)} -> {r.shown()}" for r in pac.routes)
+            sys.stderr.write(f"kai-run: PAC: {pac.describe_source()}: {routes}\n")
 
     def child_plan(*, resolve_secrets: bool = True, bundles: bool = True) -> EnvPlan:
         return build_plan(
@@ -158,6 +176,7 @@ def run(opts: RunOptions) -> int:
             clean_env=opts.clean_env,
             resolve_secrets=resolve_secrets,
             bundles=bundles,
+            pac=pac,
         )
 
     if opts.verbose:

@@ -136,6 +136,7 @@ def describe_profile(profile: Profile, plan: EnvPlan, *, reveal: bool) -> Profil
         "jvm",
         "command",
         "check_urls",
+        "pac_url",
         "unset",
     )
     for key in scalar_keys:

@@ -54,6 +54,8 @@ class Profile:
         "no_proxy",
         "openai_proxy",
         "origins",
+        "pac_base_dir",
+        "pac_url",
         "path",
         "proxy_auth",
         "sidecar",
@@ -82,6 +84,8 @@ class Profile:
         self.env: dict[str, str | SecretRef] = {}
         self.sidecar: dict[str, object] | None = None
         self.sidecar_base_dir = ""
+        self.pac_url: str | None = None
+        self.pac_base_dir = ""  # a relative `file:` PAC is relative to the file that names it
         # "https_proxy", "env.X", "proxy_auth.password" -> "profile 'corp' (/path/profiles.toml)"
         self.origins: dict[str, str] = {}
 
@@ -215,6 +219,9 @@ def _merge(profile: Profile, name: str, cfile: ConfigFile, body: dict[str, objec
             assert isinstance(value, dict)
             profile.sidecar = dict(value)
             profile.sidecar_base_dir = cfile.base_dir
+        elif key == "pac_url":
+            profile.pac_url = str(value)
+            profile.pac_base_dir = cfile.base_dir
         else:
             setattr(profile, key, value)
         previous = profile.origins.get(key)

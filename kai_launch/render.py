@@ -215,6 +215,11 @@ def route_report(report: RouteReport, *, as_json: bool) -> None:
     table.add_column("PROXY", overflow="fold")
     table.add_column("CA FILE", overflow="fold")
     table.add_column("WHY", overflow="fold", style="dim", ratio=1)
+    if report.pac is not None:
+        from kai_launch.route import PAC_ROW
+
+        pac_route = escape(report.pac.proxy) if report.pac.proxy else f"[green]{DIRECT}[/green]"
+        table.add_row(f"[bold]{PAC_ROW}[/bold]", pac_route, "-", escape(report.pac.note))
     for name, c in report.clients.items():
         if c.error:
             proxy = "[bold red]error[/bold red]"  # the WHY column says why: "error: ..."

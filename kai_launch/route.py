@@ -24,10 +24,13 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from kai_launch.errors import KaiRunError
 from kai_launch.proxyurl import redact_url
+
+if TYPE_CHECKING:
+    from kai_launch.pac import PacResult
 
 CLIENTS: Final = ("requests", "urllib", "httpx", "httpx2", "aiohttp", "curl", "go", "node")
 DIRECT: Final = "direct"
@@ -56,25 +59,84 @@ class ClientRoute:
 
 
 @dataclass(frozen=True)
+class PacView:
+    """The profile's PAC file's answer for the URL, shown beside the clients' (see with_pac)."""
+
+    answer: str  # what FindProxyForURL returned, e.g. "PROXY proxy.corp:3128; DIRECT"
+    proxy: str | None  # its first entry as a proxy URL (redacted); None: DIRECT
+    note: str
+
+    @property
+    def route(self) -> str:
+        return self.proxy or DIRECT
+
+
+@dataclass(frozen=True)
 class RouteReport:
     url: str
     clients: dict[str, ClientRoute]
     disagreements: list[str]
+    pac: PacView | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "url": self.url,
             "clients": {
                 name: {"proxy": c.proxy, "ca_file": c.ca_file, "note": c.note}
                 for name, c in self.clients.items()
             },
         }
+        if self.pac is not None:
+            data["pac"] = {
+                "answer": self.pac.answer,
+                "proxy": self.pac.proxy,
+                "note": self.pac.note,
+            }
+        return data
+
+
+PAC_ROW = "PAC file"
+
+
+def with_pac(report: RouteReport, url: str, pac: PacResult | None) -> RouteReport:
+    """The report with the PAC's answer for `url` beside the clients', and a disagreement line
+    when the clients do not go where the PAC says (environment variables hold one proxy)."""
+    from dataclasses import replace
+
+    if pac is None:
+        return report
+    found = pac.route_for(url)
+    if found is None:
+        return report
+    proxy = redact_url(found.proxy) if found.proxy else None
+    note = (
+        f'FindProxyForURL returned "{redact_url(found.answer)}", first entry used; '
+        f"{pac.describe_source()}"
+    )
+    lines = list(report.disagreements)
+    groups: dict[str, list[str]] = {}
+    for name, c in report.clients.items():
+        if not c.error and c.proxy != proxy:
+            groups.setdefault(c.proxy or DIRECT, []).append(name)
+    if groups:
+        # The clients that follow the environment, not those that ignore it (their own lines).
+        answer, names = max(groups.items(), key=lambda item: len(item[1]))
+        verb = "use" if len(names) > 1 else "uses"
+        lines.append(
+            f"{', '.join(names)} {verb} {answer} but the PAC file says {proxy or DIRECT}: "
+            "environment variables hold one proxy and a NO_PROXY list, so kai-run exports the "
+            "first check URL's proxy (add this URL to check_urls, or write http_proxy/https_proxy)"
+        )
+    return replace(report, pac=PacView(found.answer, proxy, note), disagreements=lines)
 
 
 def render_text(report: RouteReport) -> list[str]:
     """Plain lines (no colour, no printing) for a non-terminal or a log."""
     width = max(len(name) for name in report.clients)
     lines = [f"route for {report.url}"]
+    if report.pac is not None:
+        width = max(width, len(PAC_ROW))
+        lines.append(f"  {PAC_ROW:<{width}}  {report.pac.route}  ({report.pac.note})")
     for name, c in report.clients.items():
         ca = c.ca_file or "-"
         lines.append(f"  {name:<{width}}  {c.answer}  CA {ca}  ({c.note})")

@@ -82,6 +82,11 @@ PROFILE_FIELDS: tuple[Field, ...] = (
     ),
     Field("command", "argv", "command run when none follows `--`"),
     Field("check_urls", "url_list", "endpoints `kai-run doctor` tests"),
+    Field(
+        "pac_url",
+        "pac",
+        "PAC file (http://, https:// or file:) evaluated for check_urls to pick the proxy",
+    ),
     Field("unset", "name_list", "variables removed from the child's environment", merge="concat"),
     Field(
         "proxy_auth",
@@ -237,6 +242,7 @@ _EXPECTED = {
     "secret": 'a string or a secret reference such as { env = "NAME" }',
     "env": 'a table of variables, e.g. { NAME = "value" }',
     "table": "a table",
+    "pac": 'an http://, https:// or file: URL, e.g. "http://wpad.corp.example/proxy.pac"',
 }
 
 
@@ -247,6 +253,8 @@ def _check_value(field: Field, value: object, where: Where) -> None:
             raise _fail(where, f"expected a string, got {_type_name(value)}")
         if kind == "hostport":
             _check_hostport(value, where)
+    elif kind == "pac":
+        _check_pac_url(value, where)
     elif kind == "bool":
         if not isinstance(value, bool):
             raise _fail(where, f"expected true or false, got {_type_name(value)}")
@@ -435,6 +443,27 @@ def _check_var_name(name: str, where: Where) -> None:
             f"invalid variable name '{name}'",
             "names are letters, digits and _, and do not start with a digit",
         )
+
+
+def _check_pac_url(value: object, where: Where) -> None:
+    if not isinstance(value, str):
+        raise _fail(where, f"expected a string, got {_type_name(value)}")
+    lower = value.lower()
+    hint = (
+        'write "http://wpad.corp.example/proxy.pac", "file:///etc/proxy.pac" or '
+        '"file:proxy.pac" (relative to this file)'
+    )
+    if lower.startswith(("http://", "https://")):
+        if not value.split("://", 1)[1].split("/", 1)[0]:
+            raise _fail(where, f"PAC URL '{value}' has no host", hint)
+        return
+    if lower.startswith("file:"):
+        if not value[5:].lstrip("/"):
+            raise _fail(where, f"PAC URL '{value}' names no file", hint)
+        return
+    scheme = value.split(":", 1)[0] if ":" in value else ""
+    what = f"scheme '{scheme}:'" if scheme else "no scheme"
+    raise _fail(where, f"PAC URL '{value}' has {what}: expected http://, https:// or file:", hint)
 
 
 def _check_hostport(value: str, where: Where) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "RecordedRequest",
     "Socks5Connect",
     "Socks5Server",
+    "StaticServer",
     "closed_port",
     "expired_ca_pem",
     "expiring_ca_pem",
@@ -750,3 +751,87 @@ def leaf_cert_pem(path: Path | str, *, common_name: str = "leaf.kai-test.invalid
         not_before=now - dt.timedelta(days=1),
         not_after=now + dt.timedelta(days=365),
     )
+
+
+# --------------------------------------------------------------------------- static files
+
+
+class _StaticHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "kai-test-static/1"
+    sys_version = ""
+    timeout = _IDLE_TIMEOUT
+    static: StaticServer  # set per server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        st = self.static
+        with st._lock:
+            st.hits[path] = st.hits.get(path, 0) + 1
+            st.headers_seen.append(tuple(self.headers.items()))
+        status, body, ctype = st.files.get(path, (404, b"not found\n", "text/plain"))
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class StaticServer(_LoopbackServer):
+    """HTTP on 127.0.0.1 serving fixed files (a PAC file, say); counts GETs per path.
+
+    `serve(path, body, status=200, content_type=...)` adds or replaces a file at any time;
+    anything else is a 404. With `ca` (a trustme.CA) it serves HTTPS with a certificate for
+    localhost and 127.0.0.1 issued by that CA.
+    """
+
+    ipv6_default = False
+
+    def __init__(self, *, ca: trustme.CA | None = None) -> None:
+        super().__init__()
+        self.ca = ca
+        self._server_ctx: ssl.SSLContext | None = None
+        if ca is not None:
+            self._server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ca.issue_cert("localhost", LOOPBACK_V4).configure_cert(self._server_ctx)
+        self.files: dict[str, tuple[int, bytes, str]] = {}
+        self.hits: dict[str, int] = {}
+        self.headers_seen: list[tuple[tuple[str, str], ...]] = []
+        self._handler_cls = type("_Handler", (_StaticHandler,), {"static": self})
+
+    def serve(
+        self,
+        path: str,
+        body: str | bytes,
+        *,
+        status: int = 200,
+        content_type: str = "application/x-ns-proxy-autoconfig",
+    ) -> str:
+        """Serve `body` at `path`; returns its URL."""
+        data = body.encode() if isinstance(body, str) else body
+        with self._lock:
+            self.files[path] = (status, data, content_type)
+        return self.url(path)
+
+    def url(self, path: str) -> str:
+        scheme = "https" if self._server_ctx is not None else "http"
+        return f"{scheme}://{LOOPBACK_V4}:{self.port}{path}"
+
+    def _handle(self, conn: socket.socket, addr: Any) -> None:
+        conn.settimeout(_IDLE_TIMEOUT)
+        sock: socket.socket = conn
+        if self._server_ctx is not None:
+            try:
+                sock = self._server_ctx.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):
+                return  # a client that (rightly) refused the certificate
+            self._untrack(conn)
+            self._track(sock)
+        try:
+            self._handler_cls(sock, addr, self)
+        finally:
+            self._untrack(sock)
+            _shutdown_quietly(sock)
