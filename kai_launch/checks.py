@@ -1352,7 +1352,9 @@ class ProfileJob:
     # written by the sidecar itself (mitmproxy's, on first start).
     deferred: bool = False
     pac_refresh: bool = False  # --refresh-pac
-    pac_timeout: float = DEFAULT_TIMEOUT  # for fetching the PAC file
+    # doctor's --timeout, also for the PAC fetch and OAuth2 token requests: a profile whose
+    # token endpoint hangs must not hold `doctor --all` up longer than its network checks.
+    pac_timeout: float = DEFAULT_TIMEOUT
 
     @property
     def sidecar(self) -> bool:
@@ -1463,12 +1465,21 @@ def complete(job: ProfileJob, profile: Profile, environ: Mapping[str, str]) -> N
     ca_broken = False
     see_ca = "ca.sources and ca.file" if profile.ca_mode == "system" else "ca.file"
     try:
-        plan = build_plan(profile, environ, pac=pac, collect_token_errors=True)
+        plan = build_plan(
+            profile, environ, pac=pac, collect_token_errors=True, token_timeout=job.pac_timeout
+        )
     except TrustError:
         # The ca.* rows say what is wrong with which file; the rest is checked without it.
         ca_broken = True
         try:
-            plan = build_plan(profile, environ, bundles=False, pac=pac, collect_token_errors=True)
+            plan = build_plan(
+                profile,
+                environ,
+                bundles=False,
+                pac=pac,
+                collect_token_errors=True,
+                token_timeout=job.pac_timeout,
+            )
         except KaiRunError as e:
             job.offline.append(_config_fail(job, e, profile.path, start))
             return

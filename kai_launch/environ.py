@@ -185,6 +185,7 @@ def build_plan(
     clean_env: bool = False,
     bundles: bool = True,
     collect_token_errors: bool = False,
+    token_timeout: float | None = None,
     pac: PacResult | None = None,
 ) -> EnvPlan:
     """Translate `profile` into an EnvPlan. `environ` is the parent's, for ${VAR} and secrets.
@@ -193,6 +194,7 @@ def build_plan(
     no secret command. bundles=False skips writing CA bundles (the plan then names no CA file).
     collect_token_errors=True (doctor): an oauth2 token that cannot be had goes to
     plan.token_errors, its variable left out, instead of failing the whole plan.
+    token_timeout: seconds for each step of a token request (default: oauth2's own timeouts).
     pac: the profile's PAC evaluated (kai_launch.pac.for_profile); its proxy fills the
     http_proxy/https_proxy the profile does not write, its DIRECT hosts join NO_PROXY.
     """
@@ -219,7 +221,9 @@ def build_plan(
         origin = profile.origins.get(f"env.{name}", profile.path)
         if isinstance(value, SecretRef) and value.kind == "oauth2" and resolve_secrets:
             # After _proxies and _trust: the token is fetched the way the child would fetch it.
-            token = _oauth2_token(name, value, environ, plan, collect=collect_token_errors)
+            token = _oauth2_token(
+                name, value, environ, plan, collect=collect_token_errors, timeout=token_timeout
+            )
             if token is not None:
                 plan.set(name, token, f"secret {value.describe()}, {origin}", secret=True)
         elif isinstance(value, SecretRef):
@@ -253,12 +257,18 @@ def build_plan(
 
 
 def _oauth2_token(
-    name: str, ref: SecretRef, environ: Mapping[str, str], plan: EnvPlan, *, collect: bool
+    name: str,
+    ref: SecretRef,
+    environ: Mapping[str, str],
+    plan: EnvPlan,
+    *,
+    collect: bool,
+    timeout: float | None = None,
 ) -> str | None:
     from kai_launch.oauth2 import fetch_token
 
     try:
-        token = fetch_token(ref, environ, plan.child_environ(environ))
+        token = fetch_token(ref, environ, plan.child_environ(environ), timeout=timeout)
     except KaiRunError as e:
         if not collect:
             raise

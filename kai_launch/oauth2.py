@@ -217,6 +217,7 @@ def fetch_token(
     child: Mapping[str, str],
     *,
     now: float | None = None,
+    timeout: float | None = None,
 ) -> Token:
     """The access token for `ref` (kind "oauth2"): from the cache, else from its token_url.
 
@@ -263,7 +264,8 @@ def fetch_token(
         hit = read_cache(path, time.time())
         if hit is not None:
             return hit
-        token = _request(spec, url, client_id, secret, child, where)
+        timeouts = (CONNECT_TIMEOUT, READ_TIMEOUT) if timeout is None else (timeout, timeout)
+        token = _request(spec, url, client_id, secret, child, where, timeouts)
         write_cache(path, token)
         prune(os.path.dirname(path), time.time(), keep=path)
     return token
@@ -422,6 +424,7 @@ def _request(
     secret: str,
     child: Mapping[str, str],
     where: str,
+    timeouts: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
 ) -> Token:
     import requests
 
@@ -450,12 +453,12 @@ def _request(
             headers=headers,
             proxies={"http": proxy, "https": proxy} if proxy else {},
             verify=verify,
-            timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
+            timeout=timeouts,
             allow_redirects=False,
         )
         body = response.content[:65536]
     except requests.RequestException as e:
-        raise _network_error(e, shown, proxy, via, verify, where, scrub) from None
+        raise _network_error(e, shown, proxy, via, verify, where, scrub, timeouts) from None
     finally:
         session.close()
     return _parse(response, body, shown, via, where, scrub, obtained_at)
@@ -502,6 +505,7 @@ def _network_error(
     verify: str | bool,
     where: str,
     scrub: Callable[[str], str],
+    timeouts: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
 ) -> SecretError:
     import requests
 
@@ -523,13 +527,13 @@ def _network_error(
             f"token endpoint's host to no_proxy if it is reached directly; run {check}",
         )
     if isinstance(e, requests.exceptions.ConnectTimeout):
-        what = f"could not connect to token endpoint {shown} {via} within {CONNECT_TIMEOUT:g} s"
+        what = f"could not connect to token endpoint {shown} {via} within {timeouts[0]:g} s"
     elif isinstance(e, requests.exceptions.ReadTimeout):
         import re
 
         # urllib3 reads a proxy's answer to CONNECT with the connect timeout, and says which.
         found = re.search(r"read timeout=([0-9.]+)", str(e))
-        seconds = float(found.group(1)) if found else READ_TIMEOUT
+        seconds = float(found.group(1)) if found else timeouts[1]
         what = f"token endpoint {shown}, reached {via}, did not answer within {seconds:g} s"
     else:
         what = ""

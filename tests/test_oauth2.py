@@ -581,6 +581,25 @@ def test_doctor_reports_the_token_and_the_endpoints_error(kai_run, tmp_path, idp
     assert_no_secret(bad.stdout, bad.stderr)
 
 
+def test_doctor_gives_a_hanging_token_endpoint_its_timeout_not_oauth2s(
+    kai_run, tmp_path, hanging_server
+):
+    # doctor's promise: every network step ends within --timeout, token requests included.
+    url = f"http://127.0.0.1:{hanging_server.port}/token"
+    config = write_profile(tmp_path, url, ca=False)
+    start = time.monotonic()
+    run = kai_run(
+        "-c", str(config), "doctor", "-p", "corp", "--json", "--timeout", "1",
+        env={"KAI_CLIENT_SECRET": SECRET},
+    )  # fmt: skip
+    elapsed = time.monotonic() - start
+    (row,) = [r for r in json.loads(run.stdout) if r["check"] == "env.oauth2"]
+    assert row["status"] == "fail"
+    assert "did not answer within 1 s" in row["message"]
+    assert elapsed < oauth2.READ_TIMEOUT
+    assert_no_secret(run.stdout, run.stderr)
+
+
 # --- units ---------------------------------------------------------------------------------------
 
 
