@@ -239,6 +239,8 @@ def env_command(
         [*g.set, *(set_ or [])],
         [*g.unset, *(unset or [])],
         refresh_pac=refresh_pac or g.refresh_pac,
+        # Maven's <proxies> need no token or secret of `env`: don't fetch or resolve them.
+        network_only=fmt == "maven-settings",
     )
     notes = list(plan.warnings)
     if prof.sidecar is not None:
@@ -261,6 +263,7 @@ def _plan(
     resolve_secrets: bool = True,
     refresh_pac: bool = False,
     urls: list[str] | None = None,
+    network_only: bool = False,
 ) -> tuple[Any, Any]:
     from kai_launch.config import load_config
     from kai_launch.environ import build_plan, parse_assignment
@@ -282,6 +285,7 @@ def _plan(
         removals=unsets,
         resolve_secrets=resolve_secrets,
         pac=pac,
+        network_only=network_only,
     )
     return plan, prof
 

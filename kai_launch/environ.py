@@ -104,6 +104,7 @@ class EnvPlan:
 
     __slots__ = (
         "assign",
+        "child_only",
         "clean_env",
         "pac",
         "profile",
@@ -118,6 +119,9 @@ class EnvPlan:
         self.pac: PacResult | None = None  # the evaluated PAC file the proxies came from
         self.assign: dict[str, Assignment] = {}
         self.removals: dict[str, str] = {}  # name -> why
+        # Removed from a launched child only, not from a shell that evals `kai-run env`: an OAuth2
+        # client secret the shell holds must stay there for the next run.
+        self.child_only: set[str] = set()
         self.warnings: list[str] = []
         self.clean_env = False
         # env.NAME -> its oauth2 token / why it could not be had (collect_token_errors=True)
@@ -133,11 +137,16 @@ class EnvPlan:
                 "remove it from the value, the secret file or the secret command's output",
             )
         self.removals.pop(name, None)
+        self.child_only.discard(name)
         self.assign[name] = Assignment(name, value, origin, secret=secret)
 
-    def remove(self, name: str, why: str) -> None:
+    def remove(self, name: str, why: str, *, child_only: bool = False) -> None:
         self.assign.pop(name, None)
         self.removals[name] = why
+        if child_only:
+            self.child_only.add(name)
+        else:
+            self.child_only.discard(name)
 
     def child_environ(self, parent: Mapping[str, str]) -> dict[str, str]:
         if self.clean_env:
@@ -152,7 +161,8 @@ class EnvPlan:
 
     def exported(self) -> tuple[list[tuple[str, str]], list[str]]:
         """(assignments, removals) for `kai-run env`."""
-        return [(a.name, a.value) for a in self.assign.values()], list(self.removals)
+        assign = [(a.name, a.value) for a in self.assign.values()]
+        return assign, [n for n in self.removals if n not in self.child_only]
 
 
 def parse_assignment(text: str) -> tuple[str, str]:
@@ -187,6 +197,7 @@ def build_plan(
     collect_token_errors: bool = False,
     token_timeout: float | None = None,
     pac: PacResult | None = None,
+    network_only: bool = False,
 ) -> EnvPlan:
     """Translate `profile` into an EnvPlan. `environ` is the parent's, for ${VAR} and secrets.
 
@@ -195,6 +206,8 @@ def build_plan(
     collect_token_errors=True (doctor): an oauth2 token that cannot be had goes to
     plan.token_errors, its variable left out, instead of failing the whole plan.
     token_timeout: seconds for each step of a token request (default: oauth2's own timeouts).
+    network_only=True (`env --format maven-settings`): proxies, NO_PROXY and CA only; the
+    profile's `env` (its secrets, OAuth2 tokens) and the JVM options are left out.
     pac: the profile's PAC evaluated (kai_launch.pac.for_profile); its proxy fills the
     http_proxy/https_proxy the profile does not write, its DIRECT hosts join NO_PROXY.
     """
@@ -217,8 +230,17 @@ def build_plan(
     _proxies(profile, environ, plan, secret, pac)
     _trust(profile, environ, plan, bundles=bundles)
 
-    for name, value in profile.env.items():
+    overrides = list(overrides)
+    removals = list(removals)
+    # A variable the command line replaces or removes is not resolved: `--set TOKEN=manual`
+    # must work while the token endpoint (or a secret command) is down.
+    replaced = {n for n, _ in overrides} | set(removals)
+    for name, value in () if network_only else profile.env.items():
         origin = profile.origins.get(f"env.{name}", profile.path)
+        if isinstance(value, SecretRef) and name in replaced:
+            continue
+        if isinstance(value, SecretRef) and value.kind == "oauth2":
+            _hide_client_secret(name, value, profile, plan)
         if isinstance(value, SecretRef) and value.kind == "oauth2" and resolve_secrets:
             # After _proxies and _trust: the token is fetched the way the child would fetch it.
             token = _oauth2_token(
@@ -235,7 +257,7 @@ def build_plan(
             )
         else:
             plan.set(name, expand_vars(value, environ, f"{origin}, key 'env.{name}'"), origin)
-    if profile.jvm:
+    if profile.jvm and not network_only:
         from kai_launch.jvm import apply_jvm  # reads the plan's proxies, NO_PROXY and CA bundle
 
         apply_jvm(profile, environ, plan)
@@ -254,6 +276,17 @@ def build_plan(
             f"profile '{profile.name}' instead"
         )
     return plan
+
+
+def _hide_client_secret(name: str, ref: SecretRef, profile: Profile, plan: EnvPlan) -> None:
+    """The child gets the token, never the client secret: a parent variable the reference
+    reads it from is removed (unless the profile sets that variable itself)."""
+    secret = getattr(ref.arg, "client_secret", None)
+    if isinstance(secret, SecretRef) and secret.kind == "env":
+        var = secret.arg
+        if isinstance(var, str) and var not in profile.env and var not in plan.assign:
+            why = f"client secret of env.{name}'s oauth2 reference: only the token is passed on"
+            plan.remove(var, why, child_only=True)
 
 
 def _oauth2_token(

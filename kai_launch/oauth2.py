@@ -237,6 +237,11 @@ def fetch_token(
             _sub_where(where, "token_url"),
             'write e.g. token_url = "https://idp.example.com/oauth2/token"',
         )
+    from kai_launch.schema import token_url_problem
+
+    problem = token_url_problem(url)
+    if problem is not None:
+        raise SecretError(problem[0], _sub_where(where, "token_url"), problem[1])
     client_id = (
         spec.client_id
         if isinstance(spec.client_id, str)
@@ -337,7 +342,8 @@ def write_cache(path: str, token: Token) -> None:
     written costs a fetch next time, not this run: errors are swallowed."""
     import json
 
-    directory = os.path.dirname(path)
+    from kai_launch.cachefile import write_quietly
+
     data = json.dumps(
         {
             "access_token": token.value,
@@ -346,22 +352,7 @@ def write_cache(path: str, token: Token) -> None:
             "obtained_at": token.obtained_at,
         }
     ).encode("utf-8")
-    tmp = f"{path}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError:
-        import contextlib
-
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    write_quietly(path, data)
 
 
 def prune(directory: str, now: float, *, keep: str) -> None:

@@ -362,23 +362,9 @@ def _write_record(loc: PacLocation, record: dict[str, object]) -> None:
     costs speed, not correctness: failures are ignored."""
     import json
 
-    directory = cache_dir()
-    target = _cache_file(loc)
-    tmp = f"{target}.{os.getpid()}.tmp"
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except OSError:
-        import contextlib
+    from kai_launch.cachefile import write_quietly
 
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    write_quietly(_cache_file(loc), json.dumps(record).encode("utf-8"))
 
 
 def _digest(text: str) -> str:

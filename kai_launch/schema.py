@@ -354,6 +354,22 @@ _OAUTH2_EXAMPLE = (
 )
 
 
+def token_url_problem(url: str) -> tuple[str, str] | None:
+    """(what, hint) when a token URL carries credentials or a fragment, else None."""
+    authority = url.partition("://")[2]
+    for stop in "/?#":
+        authority = authority.partition(stop)[0]
+    if "@" in authority:
+        # requests would send them as the Basic credentials, in place of the client's own.
+        return (
+            "token_url must not hold credentials (user:password@)",
+            "the client id and secret go in client_id and client_secret",
+        )
+    if "#" in url:
+        return ("token_url must not have a #fragment (RFC 6749 3.2)", "remove the #... part")
+    return None
+
+
 def check_oauth2(value: object, where: Where) -> None:
     """The table of an `{ oauth2 = {...} }` reference (shape only; token_url's ${VAR} later)."""
     try:
@@ -392,6 +408,9 @@ def _check_oauth2(value: object, where: Where) -> None:
             f"token_url '{url}' is not an http:// or https:// URL",
             'write e.g. token_url = "https://idp.example.com/oauth2/token"',
         )
+    problem = token_url_problem(url)
+    if problem is not None:
+        raise _fail(where.sub("token_url"), *problem)
     for key in ("client_id", "client_secret"):
         item = value[key]
         if isinstance(item, str):

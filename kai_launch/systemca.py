@@ -215,22 +215,10 @@ def _read_cache(path: str, key: str) -> list[tuple[str, str]] | None:
 def _write_cache(path: str, key: str, parts: list[tuple[str, str]]) -> None:
     body = "".join(f"# kai-run: from {k}\n{text.strip()}\n" for k, text in parts)
     data = f"# kai-run: keychains {key}\n{body}".encode("latin-1")
-    directory = os.path.dirname(path)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        # Only a cache: the next run asks `security` again.
-        import contextlib
+    from kai_launch.cachefile import write_quietly
 
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    # Only a cache: when it cannot be written, the next run asks `security` again.
+    write_quietly(path, data)
 
 
 def _security(keychain: str, where: str) -> str:

@@ -153,14 +153,10 @@ def _store(content: str) -> str:
     target = os.path.join(directory, name)
     if os.path.isfile(target):
         return target
+    from kai_launch.cachefile import write_private
+
     try:
-        os.makedirs(directory, exist_ok=True)
-        tmp = f"{target}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        write_private(target, data)
     except OSError as e:
         raise TrustError(
             f"cannot write the merged CA bundle: {e.strerror}",
@@ -177,6 +173,7 @@ def build_truststore(pem_path: str, where: str) -> str:
     import hashlib
 
     from kai_launch import pkcs12
+    from kai_launch.cachefile import write_private
 
     try:
         with open(pem_path, "rb") as f:
@@ -190,7 +187,7 @@ def build_truststore(pem_path: str, where: str) -> str:
         return target
     data = pkcs12.truststore(pkcs12.pem_to_der(pem.decode("latin-1")))
     try:
-        _write_private(target, data)
+        write_private(target, data)
     except OSError as e:
         raise TrustError(
             f"cannot write the JVM truststore: {e.strerror}",
@@ -198,22 +195,3 @@ def build_truststore(pem_path: str, where: str) -> str:
             "check that the cache dir is writable",
         ) from None
     return target
-
-
-def _write_private(target: str, data: bytes) -> None:
-    """Write `target` (0600, its dir 0700) atomically: a temp file, fsync, then rename over."""
-    os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
-    tmp = f"{target}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        import contextlib
-
-        with contextlib.suppress(OSError):  # the original error is the one worth reporting
-            os.unlink(tmp)
-        raise

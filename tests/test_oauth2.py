@@ -817,3 +817,90 @@ def test_token_url_expands_variables(kai_run, tmp_path, idp):
     unset = run_child(kai_run, config)
     assert unset.returncode == 2 and "IDP_URL" in unset.stderr
     assert "key 'env.OPENAI_API_KEY.oauth2.token_url'" in unset.stderr
+
+
+# --- only the token reaches the child ------------------------------------------------------------
+
+
+def _env_secret_profile(write_profiles, url: str, extra: str = ""):
+    return write_profiles(
+        f"""
+        [profiles.corp]
+        {extra}
+        [profiles.corp.env.OPENAI_API_KEY.oauth2]
+        token_url = "{url}"
+        client_id = {{ env = "OAUTH_CLIENT_ID" }}
+        client_secret = {{ env = "OAUTH_CLIENT_SECRET" }}
+        """
+    )
+
+
+def test_the_client_secret_variable_does_not_reach_the_child(kai_run, write_profiles, plain_idp):
+    config = _env_secret_profile(write_profiles, plain_idp.url())
+    env = {"OAUTH_CLIENT_ID": CLIENT, "OAUTH_CLIENT_SECRET": SECRET}
+    run = kai_run("-c", str(config), "-p", "corp", "--", sys.executable, "-c", CHILD, env=env)
+    assert run.returncode == 0, run
+    child = json.loads(run.stdout)
+    assert child["OPENAI_API_KEY"] == plain_idp.issued[0]
+    assert "OAUTH_CLIENT_SECRET" not in child
+    assert child["OAUTH_CLIENT_ID"] == CLIENT  # not a secret: left alone
+    assert SECRET not in run.stdout + run.stderr
+    # `eval "$(kai-run env)"` must not unset it in the user's shell: the next run needs it.
+    exported = kai_run("-c", str(config), "env", "-p", "corp", "--format", "json", env=env)
+    assert "OAUTH_CLIENT_SECRET" not in json.loads(exported.stdout)["unset"]
+    # Asked for explicitly, the child gets it.
+    run = kai_run(
+        "-c", str(config), "-p", "corp", "--set", f"OAUTH_CLIENT_SECRET={SECRET}",
+        "--", sys.executable, "-c", CHILD, env=env,
+    )  # fmt: skip
+    assert json.loads(run.stdout)["OAUTH_CLIENT_SECRET"] == SECRET
+
+
+def test_set_or_unset_of_a_token_variable_fetches_nothing(kai_run, write_profiles):
+    # The endpoint is down (a closed port) and the secret unset: --set/--unset still work.
+    config = _env_secret_profile(write_profiles, f"http://127.0.0.1:{closed_port()}/token")
+    run = kai_run(
+        "-c", str(config), "-p", "corp", "--set", "OPENAI_API_KEY=manual",
+        "--", sys.executable, "-c", CHILD, env={"OAUTH_CLIENT_ID": CLIENT},
+    )  # fmt: skip
+    assert run.returncode == 0, run
+    assert json.loads(run.stdout)["OPENAI_API_KEY"] == "manual"
+    run = kai_run(
+        "-c", str(config), "-p", "corp", "--unset", "OPENAI_API_KEY",
+        "--", sys.executable, "-c", CHILD,
+    )  # fmt: skip
+    assert run.returncode == 0, run
+    assert "OPENAI_API_KEY" not in json.loads(run.stdout)
+
+
+@pytest.mark.parametrize(
+    ("url", "what"),
+    [
+        ("http://gw:gwpass@127.0.0.1:{port}/token", "token_url must not hold credentials"),
+        ("http://127.0.0.1:{port}/token#frag", "token_url must not have a #fragment"),
+    ],
+)
+def test_credentials_or_fragment_in_token_url_are_refused(
+    kai_run, write_profiles, plain_idp, url, what
+):
+    config = _env_secret_profile(write_profiles, url.format(port=plain_idp.port))
+    env = {"OAUTH_CLIENT_ID": CLIENT, "OAUTH_CLIENT_SECRET": SECRET}
+    run = kai_run("-c", str(config), "-p", "corp", "--", "true", env=env)
+    assert run.returncode == 2
+    assert what in run.stderr and "key 'env.OPENAI_API_KEY.oauth2.token_url'" in run.stderr
+    assert "gwpass" not in run.stderr
+    assert plain_idp.requests == []
+
+
+def test_maven_settings_needs_no_token(kai_run, write_profiles, plain_idp):
+    config = _env_secret_profile(
+        write_profiles, plain_idp.url(), extra='https_proxy = "http://127.0.0.1:3128"'
+    )
+    # Neither the secret nor the token endpoint is needed for Maven's <proxies>.
+    run = kai_run("-c", str(config), "env", "-p", "corp", "--format", "maven-settings")
+    assert run.returncode == 0, run
+    assert "<host>127.0.0.1</host>" in run.stdout
+    env = {"OAUTH_CLIENT_ID": CLIENT, "OAUTH_CLIENT_SECRET": SECRET}
+    run = kai_run("-c", str(config), "env", "-p", "corp", "--format", "maven-settings", env=env)
+    assert run.returncode == 0, run
+    assert plain_idp.requests == []
