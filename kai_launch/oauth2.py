@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 KEYS = ("token_url", "client_id", "client_secret", "scope", "audience", "client_auth")
 REQUIRED = ("token_url", "client_id", "client_secret")
 CLIENT_AUTH = ("basic", "post")
+MAX_LIFETIME = 24 * 3600.0
 # A token answered without expires_in: RFC 6749 lets the server omit it ("the authorization
 # server SHOULD provide the expiration time via other means"). Five minutes keeps repeated
 # runs fast without handing a child a token that has long expired.
@@ -594,7 +595,13 @@ def _parse(
             "a token endpoint answers the POST itself: check token_url (an SSO portal or a "
             "proxy's login page redirects)",
         )
-    if response.status_code >= 400 or not isinstance(data, dict):
+    # Some gateways answer an OAuth2 error with 200: the error code still says what is wrong.
+    error_body = (
+        isinstance(data, dict)
+        and not data.get("access_token")
+        and isinstance(data.get("error"), str)
+    )
+    if response.status_code >= 400 or not isinstance(data, dict) or error_body:
         if isinstance(data, dict) and isinstance(data.get("error"), str):
             code = _excerpt(data["error"], scrub)
             description = data.get("error_description")
@@ -663,7 +670,8 @@ def _lifetime(raw: object) -> float:
     import math
 
     if isinstance(raw, (int, float)) and math.isfinite(raw):
-        return max(float(raw), 0.0)
+        # A "never expires" answer is still re-fetched daily: a revoked client then shows up.
+        return min(max(float(raw), 0.0), MAX_LIFETIME)
     return DEFAULT_LIFETIME
 
 

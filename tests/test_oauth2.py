@@ -904,3 +904,19 @@ def test_maven_settings_needs_no_token(kai_run, write_profiles, plain_idp):
     run = kai_run("-c", str(config), "env", "-p", "corp", "--format", "maven-settings", env=env)
     assert run.returncode == 0, run
     assert plain_idp.requests == []
+
+
+def test_an_error_in_a_200_is_shown_as_the_endpoints_error(kai_run, write_profiles, plain_idp):
+    plain_idp.mode = "error_200"
+    config = _env_secret_profile(write_profiles, plain_idp.url())
+    env = {"OAUTH_CLIENT_ID": CLIENT, "OAUTH_CLIENT_SECRET": SECRET}
+    run = kai_run("-c", str(config), "-p", "corp", "--", "true", env=env)
+    assert run.returncode == 2
+    assert "refused the client credentials: invalid_client: Client authentication failed" in (
+        run.stderr
+    )
+
+
+def test_a_huge_expires_in_is_cached_for_a_day_at_most() -> None:
+    assert oauth2._lifetime(1e12) == oauth2.MAX_LIFETIME == 86400
+    assert oauth2._lifetime("3600") == 3600

@@ -142,6 +142,8 @@ class TokenServer(_LoopbackServer):
         if self.mode == "invalid_scope":
             body = {"error": "invalid_scope", "error_description": "scope 'x' is not allowed"}
             return "400 Bad Request", json.dumps(body), "application/json"
+        if self.mode == "error_200":  # some gateways put an OAuth2 error in a 200
+            return "200 OK", _json_error(), "application/json"
         if self.mode == "redirect":
             return "302 Found\r\nLocation: https://sso.kai-oauth.invalid/login", "", "text/plain"
         creds = req.basic() or (req.form.get("client_id"), req.form.get("client_secret"))
