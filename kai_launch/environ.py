@@ -447,7 +447,11 @@ def _trust(profile: Profile, environ: Mapping[str, str], plan: EnvPlan, *, bundl
         # add for every node). A corporate root installed in the OS store would reach every
         # client but Node, so in system mode Node gets the OS roots + own CAs: duplicates of
         # its own roots are harmless, and loading ~150 more costs it a few milliseconds.
-        plan.set(name, made.merged if system else made.own, origin)
+        if system or made.own:
+            plan.set(name, made.merged if system else made.own, origin)
+        else:
+            # Every ca_bundle certificate is already a public root: Node has them all.
+            plan.remove(name, f"{origin}: every CA is already among the public roots")
 
 
 def _check_sidecar_ca(

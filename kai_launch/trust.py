@@ -94,6 +94,22 @@ def _valid_block(block: str) -> bool:
     return der[:1] == b"\x30"  # an ASN.1 SEQUENCE, as every X.509 certificate is
 
 
+def _blocks(text: str) -> list[str]:
+    out: list[str] = []
+    start = text.find(_BEGIN)
+    while start >= 0:
+        end = text.find(_END, start)
+        if end < 0:
+            break
+        out.append(text[start : end + len(_END)])
+        start = text.find(_BEGIN, end)
+    return out
+
+
+def _body(block: str) -> str:
+    return "".join(block[len(_BEGIN) : -len(_END)].split())
+
+
 def certifi_bundle() -> str:
     """certifi's cacert.pem, found without importing certifi (importlib.resources is slow to load)."""
     for entry in sys.path:
@@ -116,30 +132,36 @@ def build_bundles(
 
     mode "system" reads the OS store (`roots` when given), naming `where` in its errors.
     """
-    own_parts: list[str] = []
+    per_file = [(path, pem_certificates(path, file_where)) for path, file_where in files]
     counts: list[tuple[str, str, int]] = []
-    for path, file_where in files:
-        blocks = pem_certificates(path, file_where)
-        own_parts.append(f"# kai-run: from {path}\n" + "\n".join(blocks) + "\n")
-        counts.append(("file", path, len(blocks)))
-    own = "".join(own_parts)
     if mode == "replace":
-        merged = own
+        roots_text = header = ""
     elif mode == "system":
         if roots is None:
             from kai_launch.systemca import system_roots
 
             roots = system_roots(where)
-        counts[:0] = [("os", source, n) for source, n in roots.parts]
-        merged = (
-            f"# kai-run: operating system roots from {roots.source}\n{roots.pem.rstrip()}\n{own}"
-        )
+        counts = [("os", source, n) for source, n in roots.parts]
+        roots_text = roots.pem.rstrip()
+        header = f"# kai-run: operating system roots from {roots.source}\n"
     else:
         root = certifi_bundle()
         with open(root, encoding="latin-1") as f:
-            public = f.read()
-        counts.insert(0, ("certifi", root, public.count(_BEGIN)))
-        merged = f"# kai-run: public roots from {root}\n{public.rstrip()}\n{own}"
+            roots_text = f.read().rstrip()
+        counts = [("certifi", root, roots_text.count(_BEGIN))]
+        header = f"# kai-run: public roots from {root}\n"
+    # A CA already among the roots (or in an earlier file) is not added again, so the counts
+    # doctor shows are what each source really contributed.
+    seen = {_body(b) for b in _blocks(roots_text)} if per_file and roots_text else set()
+    own_parts: list[str] = []
+    for path, blocks in per_file:
+        new = [b for b in blocks if _body(b) not in seen]
+        seen.update(_body(b) for b in new)
+        counts.append(("file", path, len(new)))
+        if new:
+            own_parts.append(f"# kai-run: from {path}\n" + "\n".join(new) + "\n")
+    own = "".join(own_parts)
+    merged = f"{header}{roots_text}\n{own}" if header else own
     # "" when there is nothing of the profile's own (system mode without ca_bundle).
     return Bundles(_store(merged), _store(own) if own else "", [p for p, _ in files], counts)
 

@@ -483,3 +483,23 @@ def test_system_mode_without_ca_bundle_writes_only_the_merged_file(tmp_path):
         p.name for p in (Path(os.environ["XDG_CACHE_HOME"]) / "kai-run" / "ca").iterdir()
     )
     assert cached == [Path(made.merged).name]
+
+
+def test_a_ca_already_in_the_os_store_is_not_counted_twice(tmp_path) -> None:
+    import shutil
+
+    from kai_launch.trust import build_bundles
+
+    bundle = next((p for p in systemca.BUNDLE_FILES if os.path.isfile(p)), None)
+    if bundle is None or sys.platform != "linux":
+        pytest.skip("no distribution CA bundle here")
+    copy = tmp_path / "os-copy.pem"
+    shutil.copyfile(bundle, copy)
+    own = trustme.CA()
+    own.cert_pem.write_to_path(str(tmp_path / "corp.pem"))
+    made = build_bundles([(str(copy), "t"), (str(tmp_path / "corp.pem"), "t")], "system")
+    (os_kind, _, roots), (_, _, from_copy), (_, _, from_corp) = made.counts
+    assert os_kind == "os" and roots > 0
+    assert (from_copy, from_corp) == (0, 1)
+    text = Path(made.merged).read_text(encoding="latin-1")
+    assert text.count("-----BEGIN CERTIFICATE-----") == roots + 1
