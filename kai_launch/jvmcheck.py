@@ -70,8 +70,10 @@ def _options_check(name: str, where: str, got: dict[str, str], problems: list[st
     if "http.nonProxyHosts" in got:
         direct = [h for h in got["http.nonProxyHosts"].split("|") if h and not h.startswith("*.")]
         parts.append(f"{len(direct)} hosts direct")
-    if any(k.endswith(("proxyUser", "socks.username")) for k in got):
+    if "jdk.http.auth.tunneling.disabledSchemes" in got:
         parts.append("proxy credentials, Basic allowed over CONNECT")
+    elif any(k.endswith(("proxyUser", "socks.username")) for k in got):
+        parts.append("proxy credentials")
     if "javax.net.ssl.trustStore" in got:
         parts.append("a truststore")
     summary = "; ".join(parts) or "no proxy and no truststore"
