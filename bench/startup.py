@@ -21,7 +21,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(REPO, "profiles.example.toml")
-FORBIDDEN = ("typer", "rich", "requests", "tomlkit", "cryptography")
+FORBIDDEN = ("typer", "rich", "requests", "tomlkit", "cryptography", "pypac", "dukpy")
 
 
 def make_home(root: str) -> dict[str, str]:
@@ -70,6 +70,7 @@ def system_config(root: str) -> str:
         text = f.read()
     with open(path, "w") as f:
         f.write(text + '\n[profiles.corp-system]\nextends = "corp-tls"\nca_mode = "system"\n')
+        f.write('\n[profiles.corp-jvm]\nextends = "corp-tls"\njvm = true\n')
     return path
 
 
@@ -101,6 +102,7 @@ def main() -> int:
             ("corp", "proxies + secrets", 2.5),
             ("corp-tls", "proxies + secrets + CA bundle (cached)", 3.0),
             ("corp-system", "... + ca_mode = system (OS store, cached)", 3.0),
+            ("corp-jvm", "corp-tls + jvm = true (truststore cached)", 3.0),
         ):
             argv = kai_argv(profile, config)
             for _ in range(3):  # warm: parse cache, merged CA bundle, OS file cache
