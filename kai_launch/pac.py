@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from kai_launch.profiles import Profile
 
 MAX_AGE = 12 * 3600.0  # seconds a fetched PAC (and its answers) is reused without refetching
+RETRY_AFTER = 600.0  # after a failed refetch, the stale copy is used this long without trying
 FETCH_TIMEOUT = 10.0  # seconds for connecting, and for each read, when fetching a PAC over http(s)
 EVAL_MIN_TIMEOUT = 5.0  # seconds for the child that evaluates the PAC (it imports pypac first)
 MAX_SIZE = 1 << 20  # a PAC file is a few KiB; anything past 1 MiB is not one
@@ -420,6 +421,17 @@ def _load(
         if 0 <= age < MAX_AGE:
             result.how, result.age = "cached", age
             return cached
+        retry_after = cached.get("retry_after")
+        if isinstance(retry_after, (int, float)) and now < retry_after <= now + RETRY_AFTER:
+            # The last refetch failed moments ago (off the VPN, say): don't make every run
+            # wait for the same timeout again.
+            result.how, result.age = "stale", age
+            result.warnings.append(
+                f"the PAC file {loc.shown} could not be fetched lately; using the copy cached "
+                f"{human_age(age)} ago (next try in {human_age(retry_after - now)}, or now "
+                "with --refresh-pac)"
+            )
+            return cached
     start = time.monotonic()
     try:
         text = fetch(loc, _ca_files(profile, environ), timeout)
@@ -432,6 +444,8 @@ def _load(
             f"fetching the PAC file {loc.shown} failed ({e.what}); using the copy cached "
             f"{human_age(age)} ago"
         )
+        cached["retry_after"] = now + RETRY_AFTER  # kept if the answers are written back
+        _write_record(loc, cached)
         return cached
     result.how, result.fetch_ms = "fetched", (time.monotonic() - start) * 1000
     record = _new_record(loc, text, None)

@@ -601,6 +601,11 @@ def test_stale_cache_is_used_with_a_warning_when_the_refetch_fails(kai_run, writ
     assert "HTTP 503" in run.stderr
     assert "using the copy cached 13.0 h ago" in run.stderr
     assert server.hits == {"/proxy.pac": 2}
+    # The next runs do not wait on the failing server again (for RETRY_AFTER).
+    view, run = child_view(kai_run, config, "-p", "x", urls=[])
+    assert view["env"]["HTTPS_PROXY"] == f"http://{PROXY}"
+    assert "could not be fetched lately" in run.stderr and "next try in 10 min" in run.stderr
+    assert server.hits == {"/proxy.pac": 2}
     # --refresh-pac with the server down: the same fallback, not an error.
     server.close()
     view, run = child_view(kai_run, config, "--refresh-pac", "-p", "x", urls=[])
