@@ -1454,6 +1454,7 @@ def complete(job: ProfileJob, profile: Profile, environ: Mapping[str, str]) -> N
     job.deferred = False
     job.profile = None  # set again once the plan is built: a broken profile has nothing to run
     pac = None
+    pac_failed = False
     if profile.pac_url is not None:
         from kai_launch.pac import doctor_check
 
@@ -1461,6 +1462,7 @@ def complete(job: ProfileJob, profile: Profile, environ: Mapping[str, str]) -> N
             name, profile, environ, job.urls, job.pac_refresh, job.pac_timeout
         )
         job.offline.append(_stamp(pac_row, job, 1))
+        pac_failed = pac is None
     start = time.monotonic()
     ca_broken = False
     see_ca = "ca.sources and ca.file" if profile.ca_mode == "system" else "ca.file"
@@ -1521,6 +1523,10 @@ def complete(job: ProfileJob, profile: Profile, environ: Mapping[str, str]) -> N
         error = None
         if ca_broken:
             why = f"skipped: the CA bundle cannot be built (see {see_ca})"
+            error = Check(name, "target.route", _show_url(url), SKIP, why)
+        elif pac_failed:
+            # Direct probes would test a route no launch takes: a launch stops at the PAC.
+            why = "skipped: the PAC file cannot be used (see pac), so a launch would fail"
             error = Check(name, "target.route", _show_url(url), SKIP, why)
         else:
             try:

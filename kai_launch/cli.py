@@ -264,6 +264,7 @@ def _plan(
     refresh_pac: bool = False,
     urls: list[str] | None = None,
     network_only: bool = False,
+    fetch_tokens: bool = True,
 ) -> tuple[Any, Any]:
     from kai_launch.config import load_config
     from kai_launch.environ import build_plan, parse_assignment
@@ -286,6 +287,7 @@ def _plan(
         resolve_secrets=resolve_secrets,
         pac=pac,
         network_only=network_only,
+        fetch_tokens=fetch_tokens,
     )
     return plan, prof
 
@@ -447,7 +449,8 @@ def route_command(
     it would use or "direct", the CA file it would trust, and why; then every disagreement
     between clients on one line. Python clients are asked through their own functions when
     installed (else their rules are applied and the answer says "predicted"). Nothing is sent
-    over the network. Proxy credentials are always redacted.
+    to URL, and no OAuth2 token is fetched; a pac_url profile's PAC file is fetched unless
+    cached. Proxy credentials are always redacted.
 
     Examples:
 
@@ -461,7 +464,13 @@ def route_command(
     profile, config = _pick(ctx, profile, config)
     g = _globals(ctx)
     plan, prof = _plan(
-        profile, config, g.set, g.unset, refresh_pac=refresh_pac or g.refresh_pac, urls=[url]
+        profile,
+        config,
+        g.set,
+        g.unset,
+        refresh_pac=refresh_pac or g.refresh_pac,
+        urls=[url],
+        fetch_tokens=False,  # where a request would go does not depend on a token
     )
     _warn(plan.warnings)
     report = route(url, plan.child_environ(os.environ))

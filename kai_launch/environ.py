@@ -198,6 +198,7 @@ def build_plan(
     token_timeout: float | None = None,
     pac: PacResult | None = None,
     network_only: bool = False,
+    fetch_tokens: bool = True,
 ) -> EnvPlan:
     """Translate `profile` into an EnvPlan. `environ` is the parent's, for ${VAR} and secrets.
 
@@ -208,6 +209,7 @@ def build_plan(
     token_timeout: seconds for each step of a token request (default: oauth2's own timeouts).
     network_only=True (`env --format maven-settings`): proxies, NO_PROXY and CA only; the
     profile's `env` (its secrets, OAuth2 tokens) and the JVM options are left out.
+    fetch_tokens=False (`route`): OAuth2 variables are left out; nothing is sent anywhere.
     pac: the profile's PAC evaluated (kai_launch.pac.for_profile); its proxy fills the
     http_proxy/https_proxy the profile does not write, its DIRECT hosts join NO_PROXY.
     """
@@ -241,6 +243,8 @@ def build_plan(
             continue
         if isinstance(value, SecretRef) and value.kind == "oauth2":
             _hide_client_secret(name, value, profile, plan)
+            if not fetch_tokens:
+                continue
         if isinstance(value, SecretRef) and value.kind == "oauth2" and resolve_secrets:
             # After _proxies and _trust: the token is fetched the way the child would fetch it.
             token = _oauth2_token(

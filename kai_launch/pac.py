@@ -119,10 +119,6 @@ class PacResult:
         self.eval_ms = 0.0
         self.evaluated = 0  # URLs pypac evaluated in this run (the others' answers were cached)
 
-    @property
-    def agree(self) -> bool:
-        return len({r.proxy for r in self.routes if r.proxy is not None}) <= 1
-
     def route_for(self, url: str) -> PacRoute | None:
         return next((r for r in self.routes if r.url == url), None)
 
@@ -224,20 +220,35 @@ def for_profile(
     *,
     refresh: bool = False,
     timeout: float = FETCH_TIMEOUT,
+    fetch: bool = False,
 ) -> PacResult | None:
-    """Evaluate the profile's PAC for check_urls + `urls`; None when it has no pac_url."""
+    """Evaluate the profile's PAC for check_urls + `urls`; None when it has no pac_url.
+
+    refresh: fetch and evaluate anew (--refresh-pac); fetch: fetch even when the cached copy is
+    fresh, keeping the cached answers when the PAC did not change (doctor)."""
     if profile.pac_url is None:
         return None
     loc = locate(profile, environ)
-    targets = target_urls(profile, urls)
+    # A launch evaluates check_urls only, so doctor and route need them too: their --urls are
+    # evaluated for display (route_for), but the exported proxy and NO_PROXY stay the launch's.
+    exported = target_urls(profile)
+    targets = list(dict.fromkeys([*exported, *urls]))
     result = PacResult(loc)
-    record = _load(loc, profile, environ, result, refresh=refresh, timeout=timeout)
+    record = _load(
+        loc,
+        profile,
+        environ,
+        result,
+        refresh=refresh or fetch,
+        timeout=timeout,
+        refresh_answers=refresh,
+    )
     start = time.monotonic()
     answers, result.evaluated = _answers(record, loc, targets, timeout)
     result.eval_ms = (time.monotonic() - start) * 1000
     for url in targets:
         result.routes.append(_route(url, answers[url], loc))
-    _reduce(result, profile)
+    _reduce(result, profile, [r for r in result.routes if r.url in exported])
     return result
 
 
@@ -282,8 +293,7 @@ def _route(url: str, answer: str, loc: PacLocation) -> PacRoute:
     return PacRoute(url, host, answer, first.upper() if proxy is None else first, proxy)
 
 
-def _reduce(result: PacResult, profile: Profile) -> None:
-    routes = result.routes
+def _reduce(result: PacResult, profile: Profile, routes: list[PacRoute]) -> None:
     proxied = [r for r in routes if r.proxy is not None]
     if proxied:
         result.proxy = proxied[0].proxy
@@ -302,7 +312,7 @@ def _reduce(result: PacResult, profile: Profile) -> None:
             )
             continue
         result.direct_hosts.append(r.host)
-    if not result.agree:
+    if len({r.proxy for r in routes if r.proxy is not None}) > 1:
         listing = "; ".join(f"{redact_url(r.url)} -> {r.shown()}" for r in routes)
         chosen = redact_url(result.proxy or "")
         if profile.https_proxy is not None:
@@ -396,6 +406,7 @@ def _load(
     *,
     refresh: bool,
     timeout: float,
+    refresh_answers: bool = True,
 ) -> dict[str, object]:
     """The PAC record to evaluate: the cached one while fresh, else a new fetch (or read)."""
     cached = _read_record(loc)
@@ -449,6 +460,13 @@ def _load(
         return cached
     result.how, result.fetch_ms = "fetched", (time.monotonic() - start) * 1000
     record = _new_record(loc, text, None)
+    # The same PAC again: its answers still hold (--refresh-pac re-evaluates anyway, since it
+    # is also for answers that depend on DNS; doctor's always-fetch does not need to).
+    same = cached is not None and cached.get("sha256") == record["sha256"]
+    if same and not refresh_answers:
+        assert cached is not None
+        record["answers"] = cached.get("answers", {})
+        record["answers_for"] = cached.get("answers_for")
     _write_record(loc, record)
     return record
 
@@ -633,7 +651,9 @@ def evaluate(
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "kai_launch.pac"],
+            # -P: the current directory (a checkout with its own json.py, say) is not on
+            # sys.path; the child must import the standard library and pypac, nothing else.
+            [sys.executable, "-P", "-m", "kai_launch.pac"],
             check=False,
             input=json.dumps({"text": text, "urls": urls}),
             capture_output=True,
@@ -740,7 +760,9 @@ def doctor_check(
     start = time.monotonic()
     target = redact_url(profile.pac_url or "")
     try:
-        result = for_profile(profile, environ, urls, refresh=refresh, timeout=timeout)
+        # Always fetched: the row says whether the PAC server answers now, not 12 h ago (a
+        # failed fetch falls back to the cached copy, and the row warns).
+        result = for_profile(profile, environ, urls, refresh=refresh, timeout=timeout, fetch=True)
     except KaiRunError as e:
         ms = (time.monotonic() - start) * 1000
         return Check(name, "pac", target, FAIL, e.what, e.hint, round(ms, 1)), None

@@ -85,6 +85,7 @@ class RouteReport:
                 name: {"proxy": c.proxy, "ca_file": c.ca_file, "note": c.note}
                 for name, c in self.clients.items()
             },
+            "disagreements": self.disagreements,
         }
         if self.pac is not None:
             data["pac"] = {
@@ -116,10 +117,11 @@ def with_pac(report: RouteReport, url: str, pac: PacResult | None) -> RouteRepor
     lines = list(report.disagreements)
     groups: dict[str, list[str]] = {}
     for name, c in report.clients.items():
-        if not c.error and c.proxy != proxy:
+        # aiohttp and node ignore the proxy variables by default: their own disagreement lines
+        # say so, and they say nothing about what kai-run exported.
+        if name in ENV_CLIENTS and not c.error and _endpoint(c.proxy) != _endpoint(proxy):
             groups.setdefault(c.proxy or DIRECT, []).append(name)
     if groups:
-        # The clients that follow the environment, not those that ignore it (their own lines).
         answer, names = max(groups.items(), key=lambda item: len(item[1]))
         verb = "use" if len(names) > 1 else "uses"
         lines.append(
@@ -128,6 +130,19 @@ def with_pac(report: RouteReport, url: str, pac: PacResult | None) -> RouteRepor
             "first check URL's proxy (add this URL to check_urls, or write http_proxy/https_proxy)"
         )
     return replace(report, pac=PacView(found.answer, proxy, note), disagreements=lines)
+
+
+# The clients that read HTTP(S)_PROXY/NO_PROXY whatever else is set.
+ENV_CLIENTS: Final = ("requests", "urllib", "httpx", "httpx2", "curl", "go")
+
+
+def _endpoint(proxy: str | None) -> str | None:
+    """A proxy URL without its credentials: `http://u:***@h:1` and `http://h:1` are one proxy."""
+    if proxy is None:
+        return None
+    scheme, sep, rest = proxy.partition("://")
+    authority, slash, path = rest.partition("/")
+    return f"{scheme.lower()}{sep}{authority.rpartition('@')[2].lower()}{slash}{path}".rstrip("/")
 
 
 def render_text(report: RouteReport) -> list[str]:

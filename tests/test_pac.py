@@ -725,8 +725,8 @@ def test_doctor_pac_check_passes_and_lists_each_targets_route(
     url = server.serve("/proxy.pac", LOOPBACK_PAC % proxy_port)
     direct = f"http://127.0.0.1:{plain_upstream.port}/v1/models"
     proxied = "https://api.kai-pac.invalid/v1/models"
-    config = write_profiles(profile_text("x", url, [direct]))
-    _, rows = doctor("-c", str(config), "-p", "x", "--url", proxied, "--timeout", "2")
+    config = write_profiles(profile_text("x", url, [direct, proxied]))
+    _, rows = doctor("-c", str(config), "-p", "x", "--timeout", "2")
     pac = row(rows, "pac")
     assert pac["status"] == "ok", pac
     assert pac["target"] == url
@@ -743,12 +743,13 @@ def test_doctor_pac_check_passes_and_lists_each_targets_route(
     assert f"the PAC file's answer (pac_url {url})" in tcp["hint"]
     assert [r["check"] for r in rows][:2] == ["config", "pac"]
     assert resolver_guard == []
-    # Second run: from the cache, with its age.
-    _, rows = doctor("-c", str(config), "-p", "x", "--url", proxied, "--timeout", "2")
+    # Second run: doctor fetches again (is the PAC server up now?), the answers of the same
+    # PAC are reused.
+    _, rows = doctor("-c", str(config), "-p", "x", "--timeout", "2")
     message = row(rows, "pac")["message"]
-    assert message.startswith(f"cached copy of {url} (fetched ")
+    assert message.startswith(f"fetched {url} in ")
     assert "answers for 2 URLs cached with it" in message
-    assert server.hits == {"/proxy.pac": 1}
+    assert server.hits == {"/proxy.pac": 2}
 
 
 def test_doctor_pac_check_fails_with_a_hint(write_profiles, server):
@@ -804,14 +805,22 @@ def test_route_shows_the_pacs_answer_beside_the_clients(kai_run, write_profiles,
     assert data["clients"]["requests"]["proxy"] == "http://proxy-eu.invalid:8080"
 
 
-def test_route_url_the_pac_sends_direct_is_direct_for_the_clients(kai_run, write_profiles, server):
+def test_route_shows_what_a_launch_does_for_a_url_not_in_check_urls(
+    kai_run, write_profiles, server
+):
     url = server.serve("/proxy.pac", AGREE_PAC)
     config = write_profiles(profile_text("x", url, [API]))
-    run = kai_run("-c", str(config), "route", "https://new.corp.invalid/x", "-p", "x", "--json")
+    new = "https://new.corp.invalid/x"
+    run = kai_run("-c", str(config), "route", new, "-p", "x", "--json")
     data = json.loads(run.stdout)
+    # The PAC says DIRECT, but a launch exports the check URLs' proxy and no NO_PROXY entry
+    # for this host: the clients use the proxy, and route says how to fix it.
     assert data["pac"]["proxy"] is None and data["pac"]["answer"] == "DIRECT"
-    assert data["clients"]["requests"]["proxy"] is None
-    assert data["clients"]["curl"]["proxy"] is None
+    assert data["clients"]["requests"]["proxy"] == f"http://{PROXY}"
+    assert data["clients"]["curl"]["proxy"] == f"http://{PROXY}"
+    assert any("add this URL to check_urls" in line for line in data["disagreements"])
+    launched, _ = child_view(kai_run, config, "-p", "x", urls=[new])
+    assert launched["selected"][new] == f"http://{PROXY}"
 
 
 # --- the pieces -----------------------------------------------------------------------------------
@@ -906,3 +915,22 @@ def test_config_check_reports_a_missing_file_pac_and_missing_check_urls(kai_run,
     assert "nope.pac does not exist" in run.stdout
     assert "no check_urls" in run.stdout
     assert "2 problems" in run.stdout  # and nothing was fetched for `fine`
+
+
+def test_route_with_proxy_auth_agrees_with_the_pac_and_fetches_no_token(
+    kai_run, write_profiles, server
+):
+    url = server.serve("/proxy.pac", AGREE_PAC)
+    config = write_profiles(
+        profile_text("x", url, [API])
+        + '\n[profiles.x.proxy_auth]\nusername = "jdoe"\npassword = "pw"\n'
+        + "[profiles.x.env.TOKEN.oauth2]\n"
+        + f'token_url = "http://127.0.0.1:{closed_port()}/token"\n'
+        + 'client_id = "c"\nclient_secret = { env = "UNSET_SECRET" }\n'
+    )
+    run = kai_run("-c", str(config), "route", API, "-p", "x", "--json")
+    assert run.returncode == 0, run
+    data = json.loads(run.stdout)
+    assert data["clients"]["requests"]["proxy"] == f"http://jdoe:***@{PROXY}"
+    # Same proxy with and without credentials; aiohttp and node have their own lines.
+    assert not [line for line in data["disagreements"] if "PAC file says" in line]

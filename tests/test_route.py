@@ -670,7 +670,7 @@ def test_report_shape_order_and_redaction() -> None:
     report = route("https://api.example.com/v1", _no_proxy_env("localhost"))
     assert tuple(report.clients) == CLIENTS
     data = report.to_json()
-    assert set(data) == {"url", "clients"}
+    assert set(data) == {"url", "clients", "disagreements"}
     assert data["url"] == "https://api.example.com/v1"
     for answer in data["clients"].values():
         assert set(answer) == {"proxy", "ca_file", "note"}

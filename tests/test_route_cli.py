@@ -173,7 +173,8 @@ def test_json_shape_and_redaction(kai_run, write_profiles):
     run = kai_run("route", "https://10.1.2.3/v1", "-c", str(path), "-p", "corp", "--json")
     assert run.returncode == 0, run
     data = json.loads(run.stdout)  # all of stdout is the one JSON object
-    assert set(data) == {"url", "clients"}
+    assert set(data) == {"url", "clients", "disagreements"}
+    assert all(isinstance(line, str) for line in data["disagreements"])
     assert data["url"] == "https://10.1.2.3/v1"
     assert list(data["clients"]) == list(CLIENTS)
     for answer in data["clients"].values():
