@@ -315,13 +315,21 @@ def _reduce(result: PacResult, profile: Profile, routes: list[PacRoute]) -> None
     if len({r.proxy for r in routes if r.proxy is not None}) > 1:
         listing = "; ".join(f"{redact_url(r.url)} -> {r.shown()}" for r in routes)
         chosen = redact_url(result.proxy or "")
-        if profile.https_proxy is not None:
-            use = (
-                f"https:// URLs use the profile's https_proxy {redact_url(profile.https_proxy)}"
-                + ("" if profile.http_proxy is not None else f", http:// URLs use {chosen}")
-            )
+        first = f"{chosen} (the proxy of the first check URL that gets one)"
+        https_use = (
+            f"the profile's https_proxy {redact_url(profile.https_proxy)}"
+            if profile.https_proxy is not None
+            else first
+        )
+        http_use = (
+            f"the profile's http_proxy {redact_url(profile.http_proxy)}"
+            if profile.http_proxy is not None
+            else first
+        )
+        if https_use == http_use:
+            use = f"every URL not in NO_PROXY uses {first}"
         else:
-            use = f"every URL not in NO_PROXY uses {chosen} (the first check URL's proxy)"
+            use = f"https:// URLs use {https_use}, http:// URLs use {http_use}"
         result.warnings.append(
             f"the PAC file {result.source.shown} gives the check URLs different proxies "
             f"({listing}); environment variables hold one proxy, so {use}"
@@ -445,16 +453,13 @@ def _load(
             return cached
     start = time.monotonic()
     try:
-        text = fetch(loc, _ca_files(profile, environ), timeout)
+        text = fetch(loc, _ca_files(profile, environ), timeout, profile.ca_mode)
     except PacError as e:
         if cached is None:
             raise
         age = now - _fetched_at(cached)
         result.how, result.age = "stale", age
-        result.warnings.append(
-            f"fetching the PAC file {loc.shown} failed ({e.what}); using the copy cached "
-            f"{human_age(age)} ago"
-        )
+        result.warnings.append(f"{e.what}; using the copy cached {human_age(age)} ago")
         cached["retry_after"] = now + RETRY_AFTER  # kept if the answers are written back
         _write_record(loc, cached)
         return cached
@@ -528,9 +533,12 @@ def _ca_files(profile: Profile, environ: Mapping[str, str]) -> list[tuple[str, s
     ]
 
 
-def fetch(loc: PacLocation, ca_files: list[tuple[str, str]], timeout: float) -> str:
+def fetch(
+    loc: PacLocation, ca_files: list[tuple[str, str]], timeout: float, ca_mode: str = "append"
+) -> str:
     """GET the PAC directly: never through a proxy (neither the environment's nor the
-    profile's), TLS verified against certifi's roots plus the profile's CA files."""
+    profile's), TLS verified against certifi's roots (the OS store's in `system` mode) plus the
+    profile's CA files."""
     import requests
 
     from kai_launch import __version__
@@ -539,7 +547,11 @@ def fetch(loc: PacLocation, ca_files: list[tuple[str, str]], timeout: float) -> 
     if loc.location.lower().startswith("https://"):
         from kai_launch.trust import build_bundles, certifi_bundle
 
-        verify = build_bundles(ca_files, "append").merged if ca_files else certifi_bundle()
+        if ca_mode == "system":
+            # A PAC server signed by the corporate root MDM installed: the OS store has it.
+            verify = build_bundles(ca_files, "system").merged
+        else:
+            verify = build_bundles(ca_files, "append").merged if ca_files else certifi_bundle()
     session = requests.Session()
     session.trust_env = False  # no *_proxy, no NO_PROXY, no .netrc, no REQUESTS_CA_BUNDLE
     where = loc.where

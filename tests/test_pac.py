@@ -269,7 +269,9 @@ def test_disagreement_warns_with_each_route_and_uses_the_first_check_urls_proxy(
     assert "https://api.us.invalid/v1 -> PROXY proxy-us.invalid:3128" in text
     assert "https://s.socks.invalid/ -> SOCKS5 socks.invalid:1080" in text
     assert f"{LLM} -> DIRECT" in text
-    assert "uses http://proxy-eu.invalid:8080 (the first check URL's proxy)" in text
+    assert (
+        "uses http://proxy-eu.invalid:8080 (the proxy of the first check URL that gets one)" in text
+    )
     assert "hunter2" not in run.stderr
 
 
@@ -934,3 +936,63 @@ def test_route_with_proxy_auth_agrees_with_the_pac_and_fetches_no_token(
     assert data["clients"]["requests"]["proxy"] == f"http://jdoe:***@{PROXY}"
     # Same proxy with and without credentials; aiohttp and node have their own lines.
     assert not [line for line in data["disagreements"] if "PAC file says" in line]
+
+
+def test_evaluation_ignores_modules_in_the_current_directory(kai_run, write_profiles, tmp_path):
+    # A checkout with its own json.py must not be imported by the PAC-evaluating child.
+    pac = tmp_path / "proxy.pac"
+    pac.write_text(AGREE_PAC)
+    config = write_profiles(profile_text("x", f"file://{pac}", [API]))
+    work = tmp_path / "checkout"
+    work.mkdir()
+    marker = tmp_path / "ran"
+    (work / "json.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit(9)\n")
+    # The console script, as a user runs it (`python -m` would put the directory on sys.path
+    # for kai-run itself).
+    script = Path(sys.executable).with_name("kai-run")
+    run = subprocess.run(
+        [str(script), "-c", str(config), "-p", "x", "--", sys.executable, "-I", "-c", CHILD],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run
+    assert json.loads(run.stdout)["env"]["HTTPS_PROXY"] == f"http://{PROXY}"
+    assert not marker.exists()
+
+
+def test_disagreement_with_a_written_http_proxy_says_what_each_scheme_uses(
+    kai_run, write_profiles, server
+):
+    url = server.serve("/proxy.pac", DISAGREE_PAC)
+    config = write_profiles(
+        profile_text(
+            "x",
+            url,
+            ["https://api.eu.invalid/v1", "https://api.us.invalid/v1"],
+            'http_proxy = "http://written.invalid:1"\n',
+        )
+    )
+    _, run = child_view(kai_run, config, "-p", "x", urls=[])
+    assert (
+        "https:// URLs use http://proxy-eu.invalid:8080 (the proxy of the first check URL that "
+        "gets one), http:// URLs use the profile's http_proxy http://written.invalid:1"
+    ) in run.stderr
+
+
+def test_doctor_with_an_unusable_pac_probes_no_target_and_url_needs_check_urls(
+    write_profiles, server, resolver_guard
+):
+    url = server.serve("/proxy.pac", "gone", status=404, content_type="text/plain")
+    config = write_profiles(profile_text("x", url, ["https://api.kai-pac.invalid/v1"]))
+    code, rows = doctor("-c", str(config), "-p", "x", "--timeout", "2")
+    assert code == 1 and row(rows, "pac")["status"] == "fail"
+    target = row(rows, "target.route")
+    assert target["status"] == "skip" and "PAC file cannot be used" in target["message"]
+    assert resolver_guard == []
+    # --url cannot stand in for check_urls: a launch would refuse the profile.
+    config = write_profiles(f"[profiles.y]\npac_url = {json.dumps(url)}\n", name="y.toml")
+    code, rows = doctor("-c", str(config), "-p", "y", "--url", "http://127.0.0.1:9/")
+    assert code == 1
+    assert "has no check_urls" in row(rows, "pac")["message"]
