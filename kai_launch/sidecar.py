@@ -205,7 +205,8 @@ def _ready_from_proxies(
     raise SidecarError(
         "the sidecar has no `ready` address and the profile no proxy to take it from",
         where,
-        'add ready = "127.0.0.1:8080" (the address the sidecar listens on)',
+        'add ready = "127.0.0.1:8080" (the address the sidecar listens on)'
+        + ("; it is not taken from the PAC file's answer" if profile.pac_url is not None else ""),
     )
 
 
