@@ -33,47 +33,15 @@ from kai_launch.cli import app
 FAR_HOST = "127.0.0.2"
 JSON_KEYS = {"profile", "check", "target", "status", "message", "hint", "duration_ms"}
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="127.0.0.2 is loopback only on Linux"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="127.0.0.2 is loopback only on Linux"
+    ),
+    pytest.mark.usefixtures("resolver_guard"),  # no lookup of a non-loopback name in-process
+]
 
 
 # --- fixtures --------------------------------------------------------------------------------
-
-
-def _is_loopback_name(host: object) -> bool:
-    if not isinstance(host, str):
-        return host is None
-    name = host.strip("[]").rstrip(".").lower()
-    if name == "localhost":
-        return True
-    try:
-        import ipaddress
-
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-@pytest.fixture(autouse=True)
-def resolver_guard(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Refuse (and record) any lookup of a non-loopback name or address in this process."""
-    refused: list[str] = []
-    real_getaddrinfo = socket.getaddrinfo
-
-    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if not _is_loopback_name(host):
-            refused.append(str(host))
-            raise socket.gaierror(socket.EAI_NONAME, f"test guard: no lookup of {host}")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    def gethostbyname(host: str) -> str:
-        refused.append(host)
-        raise socket.gaierror(socket.EAI_NONAME, f"test guard: no lookup of {host}")
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    monkeypatch.setattr(socket, "gethostbyname", gethostbyname)
-    return refused
 
 
 class _FarHandler(BaseHTTPRequestHandler):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -64,41 +63,8 @@ CHILD = textwrap.dedent(
 )
 
 
-def _is_loopback_name(host: object) -> bool:
-    if not isinstance(host, str):
-        return host is None
-    name = host.strip("[]").rstrip(".").lower()
-    if name == "localhost":
-        return True
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-@pytest.fixture(autouse=True)
-def resolver_guard(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Refuse (and record) any lookup of a non-loopback name in this process."""
-    refused: list[str] = []
-    real = socket.getaddrinfo
-
-    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if not _is_loopback_name(host):
-            refused.append(str(host))
-            raise socket.gaierror(socket.EAI_NONAME, f"test guard: no lookup of {host}")
-        return real(host, *args, **kwargs)
-
-    def gethostbyname(host: str) -> str:
-        if _is_loopback_name(host):
-            return "127.0.0.1"
-        refused.append(host)
-        raise socket.gaierror(socket.EAI_NONAME, f"test guard: no lookup of {host}")
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    monkeypatch.setattr(socket, "gethostbyname", gethostbyname)
-    return refused
+# Every test: no lookup of a non-loopback name in this process.
+pytestmark = pytest.mark.usefixtures("resolver_guard")
 
 
 @pytest.fixture

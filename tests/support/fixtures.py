@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
 
@@ -99,3 +100,41 @@ def socks5_server() -> Iterator[Socks5Server]:
     """A no-auth SOCKS5 proxy on 127.0.0.1 that only connects to loopback destinations."""
     with Socks5Server() as server:
         yield server
+
+
+def is_loopback_name(host: object) -> bool:
+    if not isinstance(host, str):
+        return host is None
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture
+def resolver_guard(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Refuse (and record) any lookup of a non-loopback name in this process: the network rule,
+    enforced for code that runs in-process (doctor's probes, PAC fetches)."""
+    refused: list[str] = []
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if not is_loopback_name(host):
+            refused.append(str(host))
+            raise socket.gaierror(socket.EAI_NONAME, f"test guard: no lookup of {host}")
+        return real(host, *args, **kwargs)
+
+    def gethostbyname(host: str) -> str:
+        if is_loopback_name(host):
+            return "127.0.0.1"
+        refused.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, f"test guard: no lookup of {host}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "gethostbyname", gethostbyname)
+    return refused
