@@ -657,6 +657,14 @@ def evaluate(
     import sys
 
     where = f"{loc.shown}, {loc.where}"
+    if "FindProxyForURL" not in text:
+        # pypac would report its own fallback name (FindProxyForURLEx) as "not defined".
+        raise PacError(
+            f"the PAC file {loc.shown} cannot be used: it defines no FindProxyForURL function",
+            where,
+            "a PAC file is JavaScript with function FindProxyForURL(url, host) { ... }; a "
+            "login, error or portal page served in its place is not",
+        )
     limit = max(timeout, EVAL_MIN_TIMEOUT)
     env = dict(os.environ)
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -723,7 +723,9 @@ def test_doctor_pac_check_passes_and_lists_each_targets_route(
 def test_doctor_pac_check_fails_with_a_hint(write_profiles, server):
     config = write_profiles(
         profile_text("missing", server.url("/missing.pac"), [API])
-        + profile_text("broken", server.serve("/b.pac", "function ("), [API])
+        + profile_text(
+            "broken", server.serve("/b.pac", "function FindProxyForURL(url, host) {"), [API]
+        )
         + f"[profiles.nourls]\npac_url = {json.dumps(server.url('/b.pac'))}\n"
     )
     for name, words in (
@@ -962,3 +964,13 @@ def test_doctor_with_an_unusable_pac_probes_no_target_and_url_needs_check_urls(
     code, rows = doctor("-c", str(config), "-p", "y", "--url", "http://127.0.0.1:9/")
     assert code == 1
     assert "has no check_urls" in row(rows, "pac")["message"]
+
+
+def test_a_page_without_find_proxy_for_url_is_named_as_such(write_profiles, server):
+    url = server.serve("/login.pac", "<html><body>Please log in</body></html>")
+    config = write_profiles(profile_text("x", url, [API]))
+    _, rows = doctor("-c", str(config), "-p", "x", "--timeout", "2")
+    pac = row(rows, "pac")
+    assert pac["status"] == "fail"
+    assert pac["message"].endswith("cannot be used: it defines no FindProxyForURL function")
+    assert "login" in pac["hint"]
