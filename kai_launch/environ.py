@@ -239,12 +239,12 @@ def build_plan(
     replaced = {n for n, _ in overrides} | set(removals)
     for name, value in () if network_only else profile.env.items():
         origin = profile.origins.get(f"env.{name}", profile.path)
-        if isinstance(value, SecretRef) and name in replaced:
-            continue
         if isinstance(value, SecretRef) and value.kind == "oauth2":
             _hide_client_secret(name, value, profile, plan)
             if not fetch_tokens:
                 continue
+        if isinstance(value, SecretRef) and name in replaced:
+            continue
         if isinstance(value, SecretRef) and value.kind == "oauth2" and resolve_secrets:
             # After _proxies and _trust: the token is fetched the way the child would fetch it.
             token = _oauth2_token(

@@ -866,6 +866,11 @@ def test_set_or_unset_of_a_token_variable_fetches_nothing(kai_run, write_profile
     assert run.returncode == 0, run
     assert json.loads(run.stdout)["OPENAI_API_KEY"] == "manual"
     run = kai_run(
+        "-c", str(config), "-p", "corp", "--set", "OPENAI_API_KEY=manual",
+        "--", sys.executable, "-c", CHILD, env={"OAUTH_CLIENT_SECRET": SECRET},
+    )  # fmt: skip
+    assert "OAUTH_CLIENT_SECRET" not in json.loads(run.stdout)  # not fetched, still not passed on
+    run = kai_run(
         "-c", str(config), "-p", "corp", "--unset", "OPENAI_API_KEY",
         "--", sys.executable, "-c", CHILD,
     )  # fmt: skip
