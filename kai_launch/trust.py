@@ -64,17 +64,7 @@ def pem_certificates(path: str, where: str) -> list[str]:
         ) from None
     except OSError as e:
         raise TrustError(f"cannot read CA file {path}: {e.strerror}", where) from None
-    text = raw.decode("latin-1")
-    blocks: list[str] = []
-    start = text.find(_BEGIN)
-    while start >= 0:
-        end = text.find(_END, start)
-        if end < 0:
-            break
-        block = text[start : end + len(_END)]
-        if _valid_block(block):
-            blocks.append(block.replace("\r\n", "\n"))
-        start = text.find(_BEGIN, end)
+    blocks = [b.replace("\r\n", "\n") for b in _blocks(raw.decode("latin-1")) if _valid_block(b)]
     if not blocks:
         hint = "the file must hold at least one -----BEGIN CERTIFICATE----- block"
         if raw[:1] == b"\x30":
@@ -95,6 +85,7 @@ def _valid_block(block: str) -> bool:
 
 
 def _blocks(text: str) -> list[str]:
+    """The -----BEGIN/END CERTIFICATE----- blocks of `text`, as written."""
     out: list[str] = []
     start = text.find(_BEGIN)
     while start >= 0:

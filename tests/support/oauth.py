@@ -12,9 +12,7 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import selectors
 import socket
 import ssl
 import threading
@@ -233,25 +231,3 @@ class CountingProxy(_LoopbackServer):
         finally:
             self._untrack(remote)
             _shutdown_quietly(remote)
-
-    def _relay(self, a: socket.socket, b: socket.socket) -> None:
-        peer = {a: b, b: a}
-        with selectors.DefaultSelector() as sel:
-            sel.register(a, selectors.EVENT_READ)
-            sel.register(b, selectors.EVENT_READ)
-            open_ends = 2
-            while open_ends and not self._stopping.is_set():
-                events = sel.select(timeout=_IDLE)
-                if not events:
-                    return
-                for key, _ in events:
-                    src = key.fileobj
-                    assert isinstance(src, socket.socket)
-                    data = src.recv(65536)
-                    if data:
-                        peer[src].sendall(data)
-                    else:
-                        sel.unregister(src)
-                        with contextlib.suppress(OSError):
-                            peer[src].shutdown(socket.SHUT_WR)
-                        open_ends -= 1

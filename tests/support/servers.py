@@ -223,6 +223,32 @@ class _LoopbackServer:
         """Serve one connection; servers with thread_per_connection define it."""
         raise TypeError(f"{type(self).__name__} serves no connections itself")
 
+    def _relay(self, a: socket.socket, b: socket.socket) -> None:
+        """Copy both ways until both ends close (half-close passed on), idle or stopping."""
+        a.setblocking(True)
+        b.setblocking(True)
+        peer = {a: b, b: a}
+        with selectors.DefaultSelector() as sel:
+            sel.register(a, selectors.EVENT_READ)
+            sel.register(b, selectors.EVENT_READ)
+            open_ends = 2
+            while open_ends and not self._stopping.is_set():
+                events = sel.select(timeout=_IDLE_TIMEOUT)
+                if not events:
+                    return
+                for key, _ in events:
+                    src = key.fileobj
+                    assert isinstance(src, socket.socket)
+                    data = src.recv(65536)
+                    if data:
+                        peer[src].sendall(data)
+                    else:
+                        # Half-close: pass EOF on, keep the other direction flowing.
+                        sel.unregister(src)
+                        with contextlib.suppress(OSError):
+                            peer[src].shutdown(socket.SHUT_WR)
+                        open_ends -= 1
+
 
 # --------------------------------------------------------------------------- OpenAI-like API
 
@@ -629,31 +655,6 @@ class Socks5Server(_LoopbackServer):
         finally:
             self._untrack(remote)
             _shutdown_quietly(remote)
-
-    def _relay(self, a: socket.socket, b: socket.socket) -> None:
-        a.setblocking(True)
-        b.setblocking(True)
-        peer = {a: b, b: a}
-        with selectors.DefaultSelector() as sel:
-            sel.register(a, selectors.EVENT_READ)
-            sel.register(b, selectors.EVENT_READ)
-            open_ends = 2
-            while open_ends and not self._stopping.is_set():
-                events = sel.select(timeout=_IDLE_TIMEOUT)
-                if not events:
-                    return
-                for key, _ in events:
-                    src = key.fileobj
-                    assert isinstance(src, socket.socket)
-                    data = src.recv(65536)
-                    if data:
-                        peer[src].sendall(data)
-                    else:
-                        # Half-close: pass EOF on, keep the other direction flowing.
-                        sel.unregister(src)
-                        with contextlib.suppress(OSError):
-                            peer[src].shutdown(socket.SHUT_WR)
-                        open_ends -= 1
 
 
 # --------------------------------------------------------------------------- certificate files
