@@ -38,7 +38,7 @@ from kai_launch.proxyurl import redact_url
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Mapping
 
     import requests
 
@@ -693,12 +693,3 @@ _ERROR_HINTS = {
     "access_denied": "the client was refused: check scope and audience, and ask the identity "
     "provider's administrators",
 }
-
-
-def iter_oauth2(env: Mapping[str, object]) -> Iterator[tuple[str, SecretRef]]:
-    """The (variable, reference) pairs of a profile's env that are oauth2 references."""
-    from kai_launch.secrets import SecretRef
-
-    for name, value in env.items():
-        if isinstance(value, SecretRef) and value.kind == "oauth2":
-            yield name, value
